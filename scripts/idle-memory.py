@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Resident memory of ringgate per idle WebSocket connection.
+
+Starts `ringgate demo` (release build) on a free port, opens N WebSocket connections that then stay
+silent, and reports the growth of the server's VmRSS divided by N. Connections are spread over
+source addresses 127.0.0.2.. so more than one port range fits. Loopback only; stops by itself.
+
+usage: scripts/idle-memory.py [--conns 9000] [--binary target/release/ringgate] [--workers 2]
+"""
+import argparse
+import base64
+import os
+import re
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conns", type=int, default=9000)
+    ap.add_argument("--binary", default="target/release/ringgate")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+
+    server = subprocess.Popen(
+        [args.binary, "demo", "--listen", "127.0.0.1:0", "--workers", str(args.workers),
+         "--ping-interval", "1h", "--idle-timeout", "2h"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))
+        # Warm up: one connection, so the runtime's own start-up allocations are in the baseline.
+        warm = connect(port, "127.0.0.1", 0)
+        finish_handshakes([warm])
+        base = rss_kib(server.pid)
+        t0 = time.monotonic()
+        socks = []
+        for i in range(args.conns):
+            socks.append(connect(port, f"127.0.0.{2 + i // 20000}", i))
+            if len(socks) % 500 == 0:
+                finish_handshakes(socks[-500:])
+        finish_handshakes(socks[len(socks) - len(socks) % 500:])
+        elapsed = time.monotonic() - t0
+        # Let the runtime settle (no traffic is in flight; this only lets the allocator return pages).
+        time.sleep(1)
+        after = rss_kib(server.pid)
+        per = (after - base) * 1024 / args.conns
+        print(f"connections: {args.conns}  workers: {args.workers}")
+        print(f"server VmRSS: {base} KiB before, {after} KiB after")
+        print(f"resident memory per idle connection: {per:.0f} bytes")
+        print(f"connect+upgrade rate: {args.conns / elapsed:.0f}/s (single-threaded Python client)")
+        for s in socks:
+            s.close()
+        warm.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def connect(port, src, i):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws?user=u{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode())
+    return s
+
+
+def finish_handshakes(socks):
+    for s in socks:
+        s.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                sys.exit("server closed a connection during the handshake")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            sys.exit(f"unexpected response: {head[:60]!r}")
+
+
+if __name__ == "__main__":
+    main()

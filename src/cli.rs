@@ -1,0 +1,227 @@
+//! The command line: `demo`, `run` and `check-config`, flags layered over the TOML file, logging
+//! set-up, and the signal handling that turns SIGINT/SIGTERM into a graceful shutdown.
+//!
+//! Owns the process's life from `main` to exit code. Never touches the data path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, UpstreamConfig};
+use crate::runtime;
+use crate::upstream::{echo::Echo, UpstreamFactory};
+
+#[derive(Parser)]
+#[command(
+    name = "ringgate",
+    version,
+    about = "WebSocket edge proxy for online games"
+)]
+struct Cli {
+    /// Log level or filter (overrides RUST_LOG), e.g. `info`, `debug`, `ringgate=trace`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with an in-process echo game server as its upstream (127.0.0.1:8080, /ws).
+    Demo(Overrides),
+    /// Run the proxy in front of the configured upstream game servers.
+    Run(Overrides),
+    /// Validate a configuration file and report the first error with its key.
+    CheckConfig { file: PathBuf },
+}
+
+/// Flags that override the configuration file, key by key.
+#[derive(Args, Default)]
+struct Overrides {
+    /// TOML configuration file (see ringgate.example.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The WebSocket path.
+    #[arg(long)]
+    path: Option<String>,
+    /// Worker threads (0 = one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Upstream game server HOST:PORT; repeat for several (replaces the file's list).
+    #[arg(long = "upstream")]
+    upstreams: Vec<String>,
+    /// Largest client message in bytes.
+    #[arg(long)]
+    max_message_size: Option<usize>,
+    /// Largest request head in bytes.
+    #[arg(long)]
+    max_handshake_size: Option<usize>,
+    /// Handshake timeout, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Server ping interval, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ping_interval: Option<Duration>,
+    /// Idle timeout, e.g. 90s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Close handshake timeout, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    close_timeout: Option<Duration>,
+    /// Graceful shutdown timeout, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Bytes queued toward one client before it is closed with 1008.
+    #[arg(long)]
+    max_client_backlog: Option<usize>,
+    /// Accepted subprotocol; repeat for several (replaces the file's list).
+    #[arg(long = "subprotocol")]
+    subprotocols: Vec<String>,
+    /// Admin endpoint address (GET /stats, /sessions).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+impl Overrides {
+    fn apply(self, mut cfg: Config) -> Config {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        set!(
+            listen,
+            path,
+            workers,
+            max_message_size,
+            max_handshake_size,
+            handshake_timeout,
+            ping_interval,
+            idle_timeout,
+            close_timeout,
+            shutdown_timeout,
+            max_client_backlog
+        );
+        if !self.upstreams.is_empty() {
+            cfg.upstreams = self
+                .upstreams
+                .into_iter()
+                .map(|address| UpstreamConfig { address })
+                .collect();
+        }
+        if !self.subprotocols.is_empty() {
+            cfg.subprotocols = self.subprotocols;
+        }
+        if self.admin.is_some() {
+            cfg.admin_listen = self.admin;
+        }
+        cfg
+    }
+
+    fn load(self) -> Result<Config, String> {
+        let base = match &self.config {
+            Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        let cfg = self.apply(base);
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::CheckConfig { file } => {
+            match Config::from_file(&file).and_then(|c| c.validate().map(|()| c)) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(o) => match o.load() {
+            Ok(cfg) => serve(cfg, Arc::new(|_| std::rc::Rc::new(Echo)), true),
+            Err(e) => fail(&e),
+        },
+        Command::Run(o) => match o.load() {
+            Ok(cfg) if cfg.upstreams.is_empty() => fail(
+                "no upstream configured: pass --upstream HOST:PORT or add [[upstream]] to the config \
+                 (`ringgate demo` runs with a built-in echo server)",
+            ),
+            Ok(_) => fail(
+                "forwarding to upstream game servers is not available in this build yet; \
+                 use `ringgate demo` for the built-in echo server",
+            ),
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("ringgate: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Starts the workers, announces the address on stdout (tests and scripts read this line), and
+/// waits for SIGINT or SIGTERM to shut down gracefully.
+fn serve(cfg: Config, upstream: UpstreamFactory, demo: bool) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Registered before the workers start, so a signal during start-up is not lost.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
+    let server = match runtime::start(&cfg, upstream) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let url = format!("ws://{}{}", server.local_addr, cfg.path);
+    println!(
+        "ringgate listening on {url} ({} workers)",
+        cfg.worker_count()
+    );
+    if let Some(a) = server.admin_addr {
+        println!("ringgate admin on http://{a}/stats");
+    }
+    if demo {
+        println!("Every message sent to it comes back as sent. Try it from a browser console:");
+        println!(
+            "  ws = new WebSocket(\"{url}?user=alice\"); ws.onmessage = e => console.log(\"echo:\", e.data); ws.onopen = () => ws.send(\"hello ringgate\");"
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down: closing sessions with 1001");
+    }
+    server.shutdown();
+    let panicked = server.join();
+    if panicked > 0 {
+        return fail(&format!("{panicked} worker(s) panicked"));
+    }
+    ExitCode::SUCCESS
+}

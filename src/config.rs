@@ -1,0 +1,250 @@
+//! Configuration: the TOML file, its defaults and its validation.
+//!
+//! Owns the meaning of every key; `ringgate.example.toml` documents each one and a test keeps the two
+//! in step. Never reads the environment or the command line: `cli` layers flags on top of a parsed
+//! [`Config`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything ringgate can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the WebSocket listener binds on every worker (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// The only request path that is upgraded; others get 404.
+    pub path: String,
+    /// Worker threads, one monoio runtime each. 0 means one per CPU.
+    pub workers: usize,
+    /// Subprotocols the server accepts, in no particular order; the client's preference wins.
+    pub subprotocols: Vec<String>,
+    /// Largest message (after reassembly of fragments) a client may send; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Largest HTTP request head accepted; larger gets 431.
+    pub max_handshake_size: usize,
+    /// A client that has not completed its handshake by then is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A server ping is sent this often on every open session.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session that sent nothing for this long is closed with 1001.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// After a server-initiated close frame, how long to wait for the client's close before resetting.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long to wait for sessions to finish their close handshake.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Bytes queued toward one client before it is closed with 1008 for not reading.
+    pub max_client_backlog: usize,
+    /// io_uring submission queue entries per worker.
+    pub uring_entries: u32,
+    /// Accept backlog of each worker's listener.
+    pub listen_backlog: u32,
+    /// Optional address of the admin HTTP endpoint (`/stats`, `/sessions`), served by worker 0.
+    pub admin_listen: Option<SocketAddr>,
+    /// Upstream game servers.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One `[[upstream]]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `HOST:PORT` of a game server speaking docs/protocol.md.
+    pub address: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            path: "/ws".to_string(),
+            workers: 0,
+            subprotocols: Vec::new(),
+            max_message_size: 1 << 20,
+            max_handshake_size: 8 << 10,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            max_client_backlog: 1 << 20,
+            uring_entries: 4096,
+            listen_backlog: 4096,
+            admin_listen: None,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration was refused; every variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("`{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses TOML text; errors name the key (toml's own messages carry the key and line).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Checks the relations between keys that types alone cannot express. Reports the first error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            return Err(invalid(
+                "path",
+                "must start with '/' and hold no '?', '#' or space",
+            ));
+        }
+        if self.workers > 1024 {
+            return Err(invalid("workers", "at most 1024"));
+        }
+        if self.max_message_size == 0 || self.max_message_size > (1 << 30) {
+            return Err(invalid("max_message_size", "must be 1 byte to 1 GiB"));
+        }
+        if !(256..=(1 << 20)).contains(&self.max_handshake_size) {
+            return Err(invalid("max_handshake_size", "must be 256 bytes to 1 MiB"));
+        }
+        for (key, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+                return Err(invalid(key, "must be between 1s and 24h"));
+            }
+        }
+        if self.idle_timeout < self.ping_interval {
+            return Err(invalid(
+                "idle_timeout",
+                "must not be shorter than ping_interval, or pinged clients would time out",
+            ));
+        }
+        if self.max_client_backlog < 1024 {
+            return Err(invalid("max_client_backlog", "must be at least 1024 bytes"));
+        }
+        if !self.uring_entries.is_power_of_two() || !(64..=32768).contains(&self.uring_entries) {
+            return Err(invalid(
+                "uring_entries",
+                "must be a power of two from 64 to 32768",
+            ));
+        }
+        if self.listen_backlog == 0 {
+            return Err(invalid("listen_backlog", "must be positive"));
+        }
+        for p in &self.subprotocols {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(invalid(
+                    "subprotocols",
+                    format!("{p:?} is not an HTTP token"),
+                ));
+            }
+        }
+        for u in &self.upstreams {
+            crate::upstream::parse_address(&u.address).map_err(|reason| {
+                invalid("upstream.address", format!("{:?}: {reason}", u.address))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Worker count after resolving 0 to the number of CPUs.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_validates_and_documents_every_key() {
+        let text = include_str!("../ringgate.example.toml");
+        let cfg = Config::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+        // The key names come from the struct itself, so a new field without documentation fails here.
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(documented, "key {key} missing from ringgate.example.toml");
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("max_message_size = \"big\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_message_size"), "{e}");
+        let e = Config::from_toml("no_such_key = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+        let e = Config::from_toml("ping_interval = \"60s\"\nidle_timeout = \"30s\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle_timeout"), "{e}");
+        let e = Config::from_toml("path = \"ws\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`path`"), "{e}");
+        let e = Config::from_toml("[[upstream]]\naddress = \"nohost\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.address"), "{e}");
+    }
+}

@@ -1,0 +1,240 @@
+//! From an accepted socket to an upgraded session: the accept loop, reading the request head under
+//! the handshake timeout, handing the socket to the core that owns its user, and answering.
+//!
+//! Owns the connection until its 101 response is queued. Never answers a request on a core that
+//! does not own its user: the socket and the bytes already read move first (the owning core writes
+//! the response), so a session never changes core after its upgrade.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::runtime::core::{bump, Core};
+use crate::runtime::sys::{self, ReadOutcome};
+use crate::runtime::{conn, CoreMsg};
+use crate::shard;
+use crate::ws::{
+    parse_request, query_param, write_accept_response, HandshakeConfig, HandshakeError,
+    ParseOutcome, UpgradeRequest,
+};
+
+/// A socket on its way to the core that owns its user.
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub req: UpgradeRequest,
+    pub user: Option<String>,
+    /// Bytes that followed the request head (frames the client pipelined).
+    pub rest: BytesMut,
+}
+
+/// Accepts until shutdown. Running out of file descriptors is logged once per interval, not once
+/// per connection, and backs off briefly so the loop does not spin while the table is full.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    const WARN_EVERY: Duration = Duration::from_secs(10);
+    let mut last_warn: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        let accepted = monoio::select! {
+            _ = core.shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                bump(&core.counters.accepted);
+                monoio::spawn(handshake(core.clone(), stream, peer));
+            }
+            Err(e) => {
+                bump(&core.counters.accept_errors);
+                let exhausted = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if !exhausted {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+                if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(core = core.index, error = %e, suppressed, "cannot accept: out of resources");
+                    last_warn = Some(Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+enum HeadError {
+    Closed,
+    Rejected(HandshakeError),
+}
+
+async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = sys::prepare_client_socket(stream.as_raw_fd()) {
+        tracing::debug!(%peer, error = %e, "socket setup failed");
+        return;
+    }
+    let settings = core.settings.clone();
+    let head = monoio::time::timeout(
+        settings.handshake_timeout,
+        read_head(&stream, &settings.handshake),
+    )
+    .await;
+    let (req, mut buf) = match head {
+        Ok(Ok(done)) => done,
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::Rejected(e))) => {
+            bump(&core.counters.handshake_rejected);
+            tracing::debug!(%peer, status = e.status(), error = %e, "handshake rejected");
+            reject(stream, e.response()).await;
+            return;
+        }
+        Err(_) => {
+            bump(&core.counters.handshake_timeouts);
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    buf.advance(req.head_len);
+    let user = req.query.as_deref().and_then(|q| query_param(q, "user"));
+    let owner = match &user {
+        Some(u) => shard::owner_core(u.as_bytes(), settings.workers),
+        None => core.index,
+    };
+    if owner == core.index {
+        establish(&core, stream, peer, req, user, buf);
+        return;
+    }
+    bump(&core.counters.handed_off);
+    // SAFETY of the conversion: the stream has no operation in flight (read_head has returned), so
+    // this is the only reference to the fd and ownership moves whole.
+    let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+    let msg = CoreMsg::Handoff(Box::new(Handoff {
+        fd,
+        peer,
+        req,
+        user,
+        rest: buf,
+    }));
+    if core.peers[owner].send_async(msg).await.is_err() {
+        tracing::debug!(%peer, owner, "owning core is gone; dropping connection");
+    }
+}
+
+/// Receives a socket handed over by another core.
+pub fn adopt(core: &Rc<Core>, h: Box<Handoff>) {
+    let h = *h;
+    bump(&core.counters.received_from_other_core);
+    let std = std::net::TcpStream::from(h.fd);
+    match TcpStream::from_std(std) {
+        Ok(stream) => establish(core, stream, h.peer, h.req, h.user, h.rest),
+        Err(e) => tracing::debug!(peer = %h.peer, error = %e, "cannot adopt socket"),
+    }
+}
+
+/// Upgrades on the owning core: queue the 101 and start the connection driver in a task of its
+/// own, so the handshake's state is freed rather than carried for the life of the connection.
+fn establish(
+    core: &Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    req: UpgradeRequest,
+    user: Option<String>,
+    rest: BytesMut,
+) {
+    let refusal = if core.shutdown.is_set() {
+        Some("server shutting down")
+    } else if core.upstream.admit(core, &req).is_err() {
+        Some("no upstream available")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        bump(&core.counters.handshake_rejected);
+        monoio::spawn(reject(stream, service_unavailable(why)));
+        return;
+    }
+    let session = core.register(stream, user.map(String::into_boxed_str));
+    let mut response = Vec::with_capacity(160);
+    write_accept_response(&req, &mut response);
+    session.push_raw(Bytes::from(response));
+    core.mark_dirty(&session);
+    bump(&core.counters.upgraded);
+    tracing::debug!(session = session.id, %peer, core = core.index, user = session.user.as_deref(), "session open");
+    core.upstream.opened(core, &session, &req);
+    monoio::spawn(conn::drive(core.clone(), session, rest));
+}
+
+fn service_unavailable(why: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{why}\n",
+        why.len() + 1
+    )
+    .into_bytes()
+}
+
+async fn read_head(
+    stream: &TcpStream,
+    cfg: &HandshakeConfig,
+) -> Result<(UpgradeRequest, BytesMut), HeadError> {
+    let fd = stream.as_raw_fd();
+    // One byte past the limit is enough to tell "too large" from "exactly at the limit".
+    let cap = cfg.max_head_bytes + 1;
+    let mut buf = BytesMut::with_capacity(cap.min(1024));
+    loop {
+        stream
+            .readable(false)
+            .await
+            .map_err(|_| HeadError::Closed)?;
+        if buf.len() == buf.capacity() {
+            let grow = buf.len().min(cap.saturating_sub(buf.len())).max(1);
+            buf.reserve(grow);
+        }
+        match sys::read_into(fd, &mut buf) {
+            Ok(ReadOutcome::Data(_)) => match parse_request(&buf, cfg) {
+                Ok(ParseOutcome::Partial) => {}
+                Ok(ParseOutcome::Complete(req)) => return Ok((req, buf)),
+                Err(e) => return Err(HeadError::Rejected(e)),
+            },
+            Ok(ReadOutcome::WouldBlock) => {}
+            Ok(ReadOutcome::Eof) | Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+/// Sends an HTTP error and closes politely: our write side first, then a bounded drain of what
+/// the client still sends, because closing with unread input would answer it with a RST that can
+/// destroy the response before the client reads it.
+async fn reject(stream: TcpStream, response: Vec<u8>) {
+    let fd = stream.as_raw_fd();
+    let iov = [libc::iovec {
+        iov_base: response.as_ptr() as *mut libc::c_void,
+        iov_len: response.len(),
+    }];
+    // The response is a few hundred bytes: it fits in a fresh socket's buffer or the peer is gone.
+    let _ = sys::send_vectored(fd, &iov);
+    sys::shutdown(fd, libc::SHUT_WR);
+    let drain = async {
+        let mut scratch = BytesMut::with_capacity(4096);
+        let mut total = 0usize;
+        while total < 64 * 1024 {
+            if stream.readable(false).await.is_err() {
+                return;
+            }
+            scratch.clear();
+            match sys::read_into(fd, &mut scratch) {
+                Ok(ReadOutcome::Data(n)) => total += n,
+                Ok(ReadOutcome::WouldBlock) => {}
+                Ok(ReadOutcome::Eof) | Err(_) => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(Duration::from_secs(1), drain).await;
+}

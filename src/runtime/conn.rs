@@ -1,0 +1,152 @@
+//! The driver of one upgraded connection: waits for readability, reads into the core's shared
+//! buffer, feeds the decoder and acts on what it yields.
+//!
+//! Owns the connection's receive state (the decoder and, only while a frame is incomplete, the bytes
+//! of that frame). Never keeps a read buffer while the connection is idle, never holds the core's
+//! buffer across an await, and never writes to the socket itself: replies go through the session's
+//! queue and the core's flusher.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::runtime::core::{bump, Core, READ_BUF};
+use crate::runtime::session::{flag, Session};
+use crate::runtime::sys::{self, ReadOutcome};
+use crate::ws::{close_payload, Decoder, Message, OpCode, MAX_HEADER_LEN};
+
+/// How the connection is doing after a pass over the bytes read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// A protocol error was answered with a close frame; the rest of the input is meaningless.
+    Failed,
+    /// The close handshake is complete, or the peer is gone.
+    Done,
+}
+
+/// Receive-side state that lives in the driver's task while the connection is open.
+struct Receiver {
+    decoder: Decoder,
+    phase: Phase,
+    /// The close code reported upstream when the session ends (1006 until the client says).
+    close_code: u16,
+}
+
+/// Runs the session until its close completes or the peer goes away, then releases it.
+/// `pending` holds bytes that arrived with the handshake (pipelined frames).
+pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
+    let mut rx = Receiver {
+        decoder: Decoder::new(),
+        phase: Phase::Open,
+        close_code: 1006,
+    };
+    let fd = s.stream.as_raw_fd();
+    if !pending.is_empty() {
+        process(&core, &s, &mut rx, &mut pending);
+        pending = keep_partial(&core, &rx, pending, false);
+    }
+    while rx.phase != Phase::Done {
+        if s.stream.readable(false).await.is_err() || s.has(flag::BROKEN) {
+            break;
+        }
+        let shared = pending.is_empty();
+        let mut buf = if shared {
+            core.take_read_buf()
+        } else {
+            let mut own = std::mem::take(&mut pending);
+            let want = rx
+                .decoder
+                .frame_remaining()
+                .unwrap_or(0)
+                .clamp(4096, READ_BUF);
+            own.reserve(want);
+            own
+        };
+        match sys::read_into(fd, &mut buf) {
+            Ok(ReadOutcome::Data(_)) => {
+                s.last_rx.set(core.now());
+                process(&core, &s, &mut rx, &mut buf);
+            }
+            Ok(ReadOutcome::WouldBlock) => {}
+            Ok(ReadOutcome::Eof) | Err(_) => rx.phase = Phase::Done,
+        }
+        pending = keep_partial(&core, &rx, buf, shared);
+    }
+    s.set(flag::ENDED);
+    core.unregister(&s);
+    core.upstream.closed(&core, &s, rx.close_code);
+    tracing::debug!(session = s.id, code = rx.close_code, "session ended");
+}
+
+/// Keeps the bytes of an incomplete frame for the next read and gives the shared buffer back.
+/// Only the partial frame is copied out of the shared buffer, sized for the whole frame so that a
+/// large message is not copied again as it grows.
+fn keep_partial(core: &Core, rx: &Receiver, mut buf: BytesMut, shared: bool) -> BytesMut {
+    if rx.phase != Phase::Open {
+        buf.clear();
+    }
+    if !shared {
+        if buf.is_empty() {
+            // The frame completed: free its buffer rather than park it on the connection.
+            return BytesMut::new();
+        }
+        return buf;
+    }
+    let kept = if buf.is_empty() {
+        BytesMut::new()
+    } else {
+        let limit = core.settings.max_message_size + MAX_HEADER_LEN;
+        let frame = rx.decoder.frame_remaining().unwrap_or(0).min(limit);
+        let mut own = BytesMut::with_capacity(buf.len() + frame);
+        own.extend_from_slice(&buf);
+        own
+    };
+    core.return_read_buf(buf);
+    kept
+}
+
+fn process(core: &Rc<Core>, s: &Rc<Session>, rx: &mut Receiver, buf: &mut BytesMut) {
+    if rx.phase != Phase::Open {
+        buf.clear();
+        return;
+    }
+    loop {
+        let msg = match rx.decoder.decode(buf, core.settings.max_message_size) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                bump(&core.counters.protocol_errors);
+                tracing::debug!(session = s.id, error = %e, "protocol error");
+                rx.close_code = e.close_code();
+                core.close(s, e.close_code(), &e.to_string());
+                rx.phase = Phase::Failed;
+                buf.clear();
+                return;
+            }
+        };
+        // After our close frame nothing but the client's close matters.
+        let closing = s.has(flag::CLOSE_SENT);
+        match msg {
+            Message::Text(p) if !closing => deliver(core, s, true, p),
+            Message::Binary(p) if !closing => deliver(core, s, false, p),
+            Message::Ping(p) if !closing => core.send(s, OpCode::Pong, p),
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(frame) => {
+                rx.close_code = frame.as_ref().map_or(1005, |f| f.code);
+                // Echo the client's code (RFC 6455 sec. 5.5.1); an empty close is answered empty.
+                let echo = frame.map_or_else(Bytes::new, |f| close_payload(f.code, ""));
+                core.answer_close(s, echo);
+                rx.phase = Phase::Done;
+                buf.clear();
+                return;
+            }
+        }
+    }
+}
+
+fn deliver(core: &Rc<Core>, s: &Rc<Session>, text: bool, payload: Bytes) {
+    bump(&core.counters.messages_in);
+    core.upstream.data(core, s, text, payload);
+}

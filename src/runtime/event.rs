@@ -1,0 +1,72 @@
+//! Single-thread wake-up primitives for tasks of one core.
+//!
+//! Owns nothing but wakers. Never crosses threads (`!Send` by construction); cross-core signals go
+//! through the core's message channel instead.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+/// A one-shot flag many tasks can wait on (shutdown, "no sessions left").
+#[derive(Default)]
+pub struct Event {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Event {
+    pub fn set(&self) {
+        if !self.set.replace(true) {
+            for w in self.waiters.take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                Poll::Ready(())
+            } else {
+                let mut waiters = self.waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Wakes one long-lived task; a notification sent while it runs is kept as a permit.
+#[derive(Default)]
+pub struct Notify {
+    permit: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.permit.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    pub async fn notified(&self) {
+        poll_fn(|cx| {
+            if self.permit.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

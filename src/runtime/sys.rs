@@ -1,0 +1,115 @@
+//! Thin, checked wrappers over the few socket syscalls the drivers issue themselves.
+//!
+//! Owns every `unsafe` block that talks to the kernel about sockets. Must never block: every fd
+//! passed here is nonblocking, and waiting for readiness is the runtime's job.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Makes `fd` nonblocking and disables Nagle: the drivers batch writes themselves.
+pub fn prepare_client_socket(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl/setsockopt on an fd we own; arguments are valid for the calls.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_RDWR) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Result of one nonblocking read.
+pub enum ReadOutcome {
+    Data(usize),
+    WouldBlock,
+    Eof,
+}
+
+/// Reads into the spare capacity of `buf`, extending its length by what arrived.
+pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome> {
+    let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return Ok(ReadOutcome::Data(0));
+    }
+    loop {
+        // SAFETY: the kernel writes at most spare.len() bytes into memory we own and have not
+        // initialised; set_len below covers exactly the bytes it reported.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        if n > 0 {
+            let n = n as usize;
+            // SAFETY: n ≤ spare.len() bytes were just initialised by read(2).
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(ReadOutcome::Data(n));
+        }
+        if n == 0 {
+            return Ok(ReadOutcome::Eof);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// One `sendmsg` of the given slices; returns bytes written, or None when the socket is full.
+pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+    if iov.is_empty() {
+        return Ok(Some(0));
+    }
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: every iovec points into a live Bytes or array owned by the caller for the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// `shutdown(2)`; errors (the peer already gone) do not matter to callers.
+pub fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutdown on an fd we own.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Makes the next close send a RST and drop unsent data: used for peers that stopped answering,
+/// so their kernel buffers are freed at once instead of lingering in FIN_WAIT.
+pub fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
