@@ -44,7 +44,7 @@ def main():
         t0 = time.monotonic()
         socks = []
         for i in range(args.conns):
-            socks.append(connect(port, f"127.0.0.{2 + i // 20000}", i))
+            socks.append(connect(port, f"127.0.0.{2 + i // 5000}", i))
             if len(socks) % 500 == 0:
                 finish_handshakes(socks[-500:])
         finish_handshakes(socks[len(socks) - len(socks) % 500:])
@@ -67,6 +67,8 @@ def main():
 
 def connect(port, src, i):
     s = socket.socket()
+    # Let connect() pick the port per 4-tuple, so TIME_WAIT ports of earlier runs don't block bind().
+    s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
     s.bind((src, 0))
     s.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()

@@ -43,7 +43,10 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
         close_code: 1006,
     };
     let fd = s.stream.as_raw_fd();
-    if !pending.is_empty() {
+    if pending.is_empty() {
+        // The handshake's buffer must not be parked on an idle connection.
+        pending = BytesMut::new();
+    } else {
         process(&core, &s, &mut rx, &mut pending);
         pending = keep_partial(&core, &rx, pending, false);
     }

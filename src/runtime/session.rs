@@ -211,10 +211,8 @@ impl Session {
                 }
             }
         }
-        // A queue that held a burst keeps its allocation; an idle connection must not.
-        if out.capacity() > 8 {
-            *out = VecDeque::new();
-        }
+        // An idle connection must not keep the queue's allocation.
+        *out = VecDeque::new();
         Ok(Flush::Done)
     }
 }
