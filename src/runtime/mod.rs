@@ -18,6 +18,7 @@ mod admin;
 mod conn;
 mod core;
 mod event;
+mod outq;
 mod session;
 mod sys;
 

@@ -8,15 +8,15 @@
 //! the connection driver it is the whole user-space cost of an idle connection (docs/architecture.md).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use crate::runtime::sys;
-use crate::ws::{encode_header, OpCode, MAX_HEADER_LEN};
+pub use crate::runtime::outq::Flush;
+use crate::runtime::outq::OutQueue;
+use crate::ws::{encode_header, OpCode};
 
 /// Where a session lives in its core's registry; stale keys (after the slot was reused) never match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,22 +41,6 @@ pub mod flag {
     pub const ENDED: u8 = 32;
 }
 
-/// A frame (or raw bytes such as the 101 response) waiting to be written. The header lives beside the
-/// payload so that the payload, often a slice of the buffer it was read into, is never copied.
-struct OutFrame {
-    payload: Bytes,
-    head: [u8; MAX_HEADER_LEN],
-    head_len: u8,
-    /// Bytes of head + payload already written.
-    sent: usize,
-}
-
-impl OutFrame {
-    fn len(&self) -> usize {
-        self.head_len as usize + self.payload.len()
-    }
-}
-
 pub struct Session {
     pub stream: TcpStream,
     pub id: u64,
@@ -69,19 +53,8 @@ pub struct Session {
     pub last_ping: Cell<u32>,
     /// Core clock by which a close must have completed.
     pub close_deadline: Cell<u32>,
-    out: RefCell<VecDeque<OutFrame>>,
-    queued: Cell<usize>,
+    out: RefCell<OutQueue>,
 }
-
-/// What a flush achieved.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flush {
-    Done,
-    Blocked,
-}
-
-/// At most this many slices per sendmsg: enough to batch a burst, small enough for the stack.
-const MAX_IOV: usize = 64;
 
 impl Session {
     pub fn new(
@@ -100,8 +73,7 @@ impl Session {
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
             close_deadline: Cell::new(u32::MAX),
-            out: RefCell::new(VecDeque::new()),
-            queued: Cell::new(0),
+            out: RefCell::new(OutQueue::default()),
         }
     }
 
@@ -119,101 +91,33 @@ impl Session {
 
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
-        self.queued.get()
+        self.out.borrow().queued()
     }
 
-    /// Queues one frame; the caller decides when to flush.
+    /// Queues one WebSocket frame; the caller decides when to flush.
     pub fn push_frame(&self, opcode: OpCode, payload: Bytes) {
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let head_len = encode_header(&mut head, true, opcode, payload.len() as u64) as u8;
-        self.push(OutFrame {
-            payload,
-            head,
-            head_len,
-            sent: 0,
-        });
+        let mut head = [0u8; crate::ws::MAX_HEADER_LEN];
+        let len = encode_header(&mut head, true, opcode, payload.len() as u64);
+        self.out.borrow_mut().push(&head[..len], payload);
     }
 
     /// Queues bytes verbatim (the handshake response).
     pub fn push_raw(&self, bytes: Bytes) {
-        self.push(OutFrame {
-            payload: bytes,
-            head: [0; MAX_HEADER_LEN],
-            head_len: 0,
-            sent: 0,
-        });
+        self.out.borrow_mut().push(&[], bytes);
     }
 
-    fn push(&self, f: OutFrame) {
-        self.queued.set(self.queued.get() + f.len());
-        self.out.borrow_mut().push_back(f);
-    }
-
-    /// Drops every queued frame that has not started to leave; a partly written frame must finish
-    /// or the client would see a corrupt stream.
+    /// Drops what has not started to leave (see [`OutQueue::discard_unsent`]).
     pub fn discard_unsent(&self) {
-        let mut out = self.out.borrow_mut();
-        let keep = usize::from(out.front().is_some_and(|f| f.sent > 0));
-        out.truncate(keep);
-        self.queued.set(out.iter().map(|f| f.len() - f.sent).sum());
+        self.out.borrow_mut().discard_unsent();
     }
 
     pub fn discard_all(&self) {
-        *self.out.borrow_mut() = VecDeque::new();
-        self.queued.set(0);
+        self.out.borrow_mut().clear();
     }
 
-    /// Writes as much of the queue as the socket takes, in vectored writes of up to 64 slices.
+    /// Writes as much of the queue as the socket takes.
     pub fn flush(&self) -> io::Result<Flush> {
-        let fd = self.stream.as_raw_fd();
-        let mut out = self.out.borrow_mut();
-        while !out.is_empty() {
-            let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV];
-            let mut n_iov = 0;
-            for f in out.iter() {
-                if n_iov + 2 > MAX_IOV {
-                    break;
-                }
-                let head_len = f.head_len as usize;
-                if f.sent < head_len {
-                    let head = &f.head[f.sent..head_len];
-                    iov[n_iov] = libc::iovec {
-                        iov_base: head.as_ptr() as *mut libc::c_void,
-                        iov_len: head.len(),
-                    };
-                    n_iov += 1;
-                }
-                let body = &f.payload[f.sent.saturating_sub(head_len)..];
-                if !body.is_empty() {
-                    iov[n_iov] = libc::iovec {
-                        iov_base: body.as_ptr() as *mut libc::c_void,
-                        iov_len: body.len(),
-                    };
-                    n_iov += 1;
-                }
-            }
-            let Some(mut written) = sys::send_vectored(fd, &iov[..n_iov])? else {
-                return Ok(Flush::Blocked);
-            };
-            self.queued.set(self.queued.get() - written);
-            while written > 0 {
-                let Some(front) = out.front_mut() else { break };
-                let left = front.len() - front.sent;
-                if written >= left {
-                    written -= left;
-                    out.pop_front();
-                } else {
-                    front.sent += written;
-                    written = 0;
-                }
-            }
-        }
-        // An idle connection must not keep the queue's allocation.
-        *out = VecDeque::new();
-        Ok(Flush::Done)
+        self.out.borrow_mut().flush(self.stream.as_raw_fd())
     }
 }
 

@@ -1,0 +1,49 @@
+//! The upstream link protocol (docs/protocol.md), sans-I/O.
+//!
+//! Owns the byte layout of every frame on a link between ringgate and a game server: the 14-byte
+//! header, the bodies, and turning bytes back into [`Frame`]s. Must never do I/O, keep state
+//! between calls, allocate or reserve based on a length a peer declared, or panic on any input.
+//!
+//! Copies: a DATA payload is never copied in either direction. Outbound, the proxy writes
+//! [`encode_header`] and the payload `Bytes` as one vectored write; inbound, [`decode`] returns the
+//! payload as a frozen slice of the caller's buffer. Only the small link and control frames are
+//! built or parsed into owned values.
+
+mod decode;
+mod encode;
+mod frame;
+mod open;
+
+pub use decode::{decode, DecodeError};
+pub use encode::{
+    close, data_frame, encode_header, goaway, hello, hello_ack, hello_with_version, link_error,
+    ping, pong, refuse,
+};
+pub use frame::{Frame, FrameType};
+pub use open::{open, EncodeError, Open, OpenInfo};
+
+/// The protocol version this module speaks.
+pub const VERSION: u16 = 1;
+
+/// Bytes before a frame's body: `length u32`, `type u8`, `flags u8`, `session u64`.
+pub const HEADER_LEN: usize = 14;
+
+/// `flags` bit of a DATA frame whose payload is a text message.
+pub const FLAG_TEXT: u8 = 1;
+
+/// The smallest valid `length`: it counts everything after itself, and type, flags and session
+/// are always there.
+pub const MIN_LENGTH: usize = HEADER_LEN - 4;
+
+/// Longest CLOSE reason the proxy can pass on: a WebSocket close frame carries at most 125 bytes,
+/// 2 of them the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// LINK_ERROR codes (docs/protocol.md, "LINK_ERROR codes").
+pub mod link_code {
+    pub const UNSUPPORTED_VERSION: u16 = 1;
+    pub const MALFORMED: u16 = 2;
+    pub const BEFORE_HELLO: u16 = 3;
+    pub const TOO_LARGE: u16 = 4;
+    pub const INTERNAL: u16 = 5;
+}
