@@ -6,14 +6,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, UpstreamConfig};
 use crate::runtime;
-use crate::upstream::{echo::Echo, UpstreamFactory};
+use crate::upstream::echo_server;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +32,15 @@ struct Cli {
 enum Command {
     /// Run the proxy with an in-process echo game server as its upstream (127.0.0.1:8080, /ws).
     Demo(Overrides),
+    /// Run the echo game server (docs/protocol.md) that ringgate can use as an upstream.
+    EchoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// Run the proxy in front of the configured upstream game servers.
     Run(Overrides),
     /// Validate a configuration file and report the first error with its key.
@@ -151,7 +159,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Demo(o) => match o.load() {
-            Ok(cfg) => serve(cfg, Arc::new(|_| std::rc::Rc::new(Echo)), true),
+            Ok(cfg) => demo(cfg),
             Err(e) => fail(&e),
         },
         Command::Run(o) => match o.load() {
@@ -159,12 +167,10 @@ pub fn main() -> ExitCode {
                 "no upstream configured: pass --upstream HOST:PORT or add [[upstream]] to the config \
                  (`ringgate demo` runs with a built-in echo server)",
             ),
-            Ok(_) => fail(
-                "forwarding to upstream game servers is not available in this build yet; \
-                 use `ringgate demo` for the built-in echo server",
-            ),
+            Ok(cfg) => serve(cfg, false),
             Err(e) => fail(&e),
         },
+        Command::EchoUpstream { listen, workers } => echo_upstream(listen, workers),
     }
 }
 
@@ -188,14 +194,14 @@ fn init_logging(level: Option<&str>) {
 
 /// Starts the workers, announces the address on stdout (tests and scripts read this line), and
 /// waits for SIGINT or SIGTERM to shut down gracefully.
-fn serve(cfg: Config, upstream: UpstreamFactory, demo: bool) -> ExitCode {
+fn serve(cfg: Config, demo: bool) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Registered before the workers start, so a signal during start-up is not lost.
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
-    let server = match runtime::start(&cfg, upstream) {
+    let server = match runtime::start(&cfg) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
@@ -223,5 +229,38 @@ fn serve(cfg: Config, upstream: UpstreamFactory, demo: bool) -> ExitCode {
     if panicked > 0 {
         return fail(&format!("{panicked} worker(s) panicked"));
     }
+    ExitCode::SUCCESS
+}
+
+/// The demo: the echo game server in-process on a free loopback port, the proxy in front of it.
+fn demo(mut cfg: Config) -> ExitCode {
+    let echo = match echo_server::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1) {
+        Ok(e) => e,
+        Err(e) => return fail(&format!("cannot start the echo game server: {e}")),
+    };
+    cfg.upstreams = vec![UpstreamConfig {
+        address: echo.addr.to_string(),
+    }];
+    let code = serve(cfg, true);
+    echo.shutdown();
+    code
+}
+
+fn echo_upstream(listen: SocketAddr, workers: usize) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
+    let server = match echo_server::start(listen, workers) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
+    };
+    println!("echo-upstream listening on {}", server.addr);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    signals.forever().next();
+    // Every link gets GOAWAY 1012: the proxy closes their sessions with "restarting".
+    server.shutdown();
     ExitCode::SUCCESS
 }

@@ -52,6 +52,27 @@ pub struct Config {
     /// Upstream game servers.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// This instance's id, sent to game servers in HELLO. Default: `hostname:pid`.
+    pub instance_id: Option<String>,
+    /// Handshake headers forwarded to the game server in OPEN (case-insensitive names).
+    pub forward_headers: Vec<String>,
+    /// Bytes queued toward one game server link before the clients routed to it stop being read.
+    pub link_backlog: usize,
+    /// How often each link is pinged.
+    #[serde(with = "humantime_serde")]
+    pub link_ping_interval: Duration,
+    /// A link from which nothing arrived for this long is dropped and its sessions closed with 1011.
+    #[serde(with = "humantime_serde")]
+    pub link_timeout: Duration,
+    /// Limit for connecting a link and receiving HELLO_ACK.
+    #[serde(with = "humantime_serde")]
+    pub link_connect_timeout: Duration,
+    /// First reconnect delay after a link failure; doubles per failure, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
 }
 
 /// One `[[upstream]]` table.
@@ -81,6 +102,18 @@ impl Default for Config {
             listen_backlog: 4096,
             admin_listen: None,
             upstreams: Vec::new(),
+            instance_id: None,
+            forward_headers: vec![
+                "user-agent".to_string(),
+                "origin".to_string(),
+                "x-forwarded-for".to_string(),
+            ],
+            link_backlog: 4 << 20,
+            link_ping_interval: Duration::from_secs(5),
+            link_timeout: Duration::from_secs(15),
+            link_connect_timeout: Duration::from_secs(3),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
         }
     }
 }
@@ -174,12 +207,65 @@ impl Config {
                 ));
             }
         }
+        if self.link_backlog < 64 * 1024 {
+            return Err(invalid("link_backlog", "must be at least 64 KiB"));
+        }
+        if self.link_timeout <= self.link_ping_interval {
+            return Err(invalid(
+                "link_timeout",
+                "must be longer than link_ping_interval",
+            ));
+        }
+        for (key, d) in [
+            ("link_ping_interval", self.link_ping_interval),
+            ("link_connect_timeout", self.link_connect_timeout),
+            ("reconnect_min", self.reconnect_min),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err(invalid(key, "must be between 10ms and 1h"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min || self.reconnect_max > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "reconnect_max",
+                "must be between reconnect_min and 1h",
+            ));
+        }
+        if self
+            .instance_id
+            .as_deref()
+            .is_some_and(|i| i.is_empty() || i.len() > 200)
+        {
+            return Err(invalid("instance_id", "must be 1 to 200 bytes"));
+        }
+        for h in &self.forward_headers {
+            if h.is_empty()
+                || h.len() > 255
+                || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            {
+                return Err(invalid(
+                    "forward_headers",
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
         for u in &self.upstreams {
             crate::upstream::parse_address(&u.address).map_err(|reason| {
                 invalid("upstream.address", format!("{:?}: {reason}", u.address))
             })?;
         }
         Ok(())
+    }
+
+    /// The configured instance id, or `hostname:pid`.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "ringgate".to_string());
+            format!("{host}:{}", std::process::id())
+        })
     }
 
     /// Worker count after resolving 0 to the number of CPUs.

@@ -151,7 +151,7 @@ fn establish(
 ) {
     let refusal = if core.shutdown.is_set() {
         Some("server shutting down")
-    } else if core.upstream.admit(core, &req).is_err() {
+    } else if core.upstream.admit().is_err() {
         Some("no upstream available")
     } else {
         None
@@ -168,7 +168,7 @@ fn establish(
     core.mark_dirty(&session);
     bump(&core.counters.upgraded);
     tracing::debug!(session = session.id, %peer, core = core.index, user = session.user.as_deref(), "session open");
-    core.upstream.opened(core, &session, &req);
+    core.upstream.opened(core, &session, &req, peer);
     monoio::spawn(conn::drive(core.clone(), session, rest));
 }
 

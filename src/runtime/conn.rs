@@ -12,6 +12,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 
 use crate::runtime::core::{bump, Core, READ_BUF};
+use crate::runtime::event::Gate;
 use crate::runtime::session::{flag, Session};
 use crate::runtime::sys::{self, ReadOutcome};
 use crate::ws::{close_payload, Decoder, Message, OpCode, MAX_HEADER_LEN};
@@ -51,6 +52,13 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
         pending = keep_partial(&core, &rx, pending, false);
     }
     while rx.phase != Phase::Done {
+        // A congested link stops us reading this client: TCP carries the backpressure to it.
+        if rx.phase == Phase::Open {
+            if let Some(gate) = core.upstream.backpressure(&s) {
+                bump(&core.counters.paused);
+                wait_gate(&s, &gate).await;
+            }
+        }
         if s.stream.readable(false).await.is_err() || s.has(flag::BROKEN) {
             break;
         }
@@ -79,8 +87,13 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
     }
     s.set(flag::ENDED);
     core.unregister(&s);
-    core.upstream.closed(&core, &s, rx.close_code);
-    tracing::debug!(session = s.id, code = rx.close_code, "session ended");
+    // If we closed first, the game server learns our reason (1001, 1008, ...), not the echo.
+    let code = match s.sent_code.get() {
+        0 => rx.close_code,
+        sent => sent,
+    };
+    core.upstream.closed(&s, code);
+    tracing::debug!(session = s.id, code, "session ended");
 }
 
 /// Keeps the bytes of an incomplete frame for the next read and gives the shared buffer back.
@@ -151,5 +164,21 @@ fn process(core: &Rc<Core>, s: &Rc<Session>, rx: &mut Receiver, buf: &mut BytesM
 
 fn deliver(core: &Rc<Core>, s: &Rc<Session>, text: bool, payload: Bytes) {
     bump(&core.counters.messages_in);
-    core.upstream.data(core, s, text, payload);
+    core.upstream.data(s, text, payload);
+}
+
+/// Parks the driver until the link drains, or until the session is closed or reset meanwhile (the
+/// close wakes it through `parked`, so a kicked client is not left waiting on a stalled link).
+async fn wait_gate(s: &Session, gate: &Gate) {
+    std::future::poll_fn(|cx| {
+        if !gate.is_shut() || s.has(flag::CLOSE_SENT | flag::BROKEN) {
+            s.parked.set(None);
+            std::task::Poll::Ready(())
+        } else {
+            gate.register(cx.waker());
+            s.parked.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }

@@ -14,7 +14,7 @@ use crate::runtime::event::{Event, Notify};
 use crate::runtime::session::{flag, Flush, Session, SessionKey};
 use crate::runtime::sys;
 use crate::runtime::CoreMsg;
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 use crate::ws::{close_payload, HandshakeConfig, OpCode};
 
 /// Settings every core reads on the data path, resolved once from [`Config`].
@@ -68,6 +68,8 @@ pub struct Counters {
     pub idle_timeouts: Cell<u64>,
     pub backlog_closes: Cell<u64>,
     pub close_timeouts: Cell<u64>,
+    /// Times a client's driver waited for a congested upstream link.
+    pub paused: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>) {
@@ -104,7 +106,7 @@ pub struct Core {
     pub settings: Rc<Settings>,
     /// Senders to every core's control channel, this one included.
     pub peers: Vec<flume::Sender<CoreMsg>>,
-    pub upstream: Rc<dyn Upstream>,
+    pub upstream: Upstreams,
     pub counters: Counters,
     pub shutdown: Event,
     epoch: Instant,
@@ -130,7 +132,7 @@ impl Core {
         index: usize,
         settings: Rc<Settings>,
         peers: Vec<flume::Sender<CoreMsg>>,
-        upstream: Rc<dyn Upstream>,
+        upstream: Upstreams,
     ) -> Core {
         Core {
             index,
@@ -141,7 +143,8 @@ impl Core {
             shutdown: Event::default(),
             epoch: Instant::now(),
             now: Cell::new(0),
-            next_session: Cell::new(0),
+            // Starts at 1: session id 0 means "the link itself" in the upstream protocol.
+            next_session: Cell::new(1),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
@@ -264,6 +267,10 @@ impl Core {
         }
         s.push_frame(OpCode::Close, close_payload(code, reason));
         s.set(flag::CLOSE_SENT);
+        s.sent_code.set(code);
+        if let Some(w) = s.parked.take() {
+            w.wake();
+        }
         let deadline = self.now() + self.settings.close_timeout;
         s.close_deadline.set(deadline);
         self.wheel.borrow_mut().insert(s.key, deadline);
@@ -283,6 +290,9 @@ impl Core {
     /// up (its socket reads end) and cleans up.
     pub fn abort(&self, s: &Session) {
         s.set(flag::BROKEN);
+        if let Some(w) = s.parked.take() {
+            w.wake();
+        }
         s.discard_all();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&s.stream);
         sys::set_linger_zero(fd);

@@ -70,3 +70,33 @@ impl Notify {
         .await
     }
 }
+
+/// A gate drivers wait at while it is shut (a congested upstream link); opening it wakes them all.
+#[derive(Default)]
+pub struct Gate {
+    shut: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Gate {
+    pub fn is_shut(&self) -> bool {
+        self.shut.get()
+    }
+
+    pub fn shut(&self) {
+        self.shut.set(true);
+    }
+
+    pub fn open(&self) {
+        if self.shut.replace(false) {
+            for w in self.waiters.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Registers a waiter; the caller re-checks `is_shut` when woken.
+    pub fn register(&self, waker: &Waker) {
+        self.waiters.borrow_mut().push(waker.clone());
+    }
+}

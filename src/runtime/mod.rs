@@ -6,24 +6,28 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::upstream::UpstreamFactory;
+use crate::upstream::{LinkSettings, LinkSnapshot, Upstreams};
 
 pub mod accept;
 mod admin;
 mod conn;
 mod core;
-mod event;
-mod outq;
+pub(crate) mod event;
+pub(crate) mod outq;
 mod session;
-mod sys;
+pub(crate) mod sys;
 
 pub use self::core::{Core, Settings};
-pub use self::session::{Session, SessionKey};
+pub use self::event::{Gate, Notify};
+pub use self::outq::{Flush, OutQueue};
+pub use self::session::{flag, Session, SessionKey};
+pub use self::sys::ReadOutcome;
 
 /// What one core can be told by another (or by the main thread).
 pub enum CoreMsg {
@@ -45,6 +49,7 @@ pub struct CoreSnapshot {
     pub driver: String,
     pub sessions: usize,
     pub counters: std::collections::BTreeMap<String, u64>,
+    pub upstreams: Vec<LinkSnapshot>,
     /// (session id, user) of every open session, when asked for.
     pub users: Option<Vec<(u64, Option<String>)>>,
 }
@@ -57,6 +62,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Upstream(String),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -90,8 +97,10 @@ impl Server {
 
 /// Binds the listeners (one per worker, SO_REUSEPORT), starts the workers and returns at once.
 /// With port 0 the first bind picks the port and every other worker joins it.
-pub fn start(cfg: &Config, upstream: UpstreamFactory) -> Result<Server, StartError> {
+pub fn start(cfg: &Config) -> Result<Server, StartError> {
     let settings = Settings::from_config(cfg);
+    let targets = Arc::new(crate::upstream::resolve(cfg).map_err(StartError::Upstream)?);
+    let link_settings = LinkSettings::from_config(cfg);
     let workers = settings.workers;
     let mut addr = cfg.listen;
     let mut listeners = Vec::with_capacity(workers);
@@ -123,7 +132,8 @@ pub fn start(cfg: &Config, upstream: UpstreamFactory) -> Result<Server, StartErr
             listener,
             control: rx,
             peers: senders.clone(),
-            upstream: upstream.clone(),
+            targets: targets.clone(),
+            link_settings: link_settings.clone(),
             admin: if index == 0 { admin.take() } else { None },
             uring_entries: cfg.uring_entries,
         };
@@ -141,7 +151,10 @@ pub fn start(cfg: &Config, upstream: UpstreamFactory) -> Result<Server, StartErr
     })
 }
 
-fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind_reuseport(
+    addr: SocketAddr,
+    backlog: u32,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -158,7 +171,8 @@ struct Worker {
     listener: std::net::TcpListener,
     control: flume::Receiver<CoreMsg>,
     peers: Vec<flume::Sender<CoreMsg>>,
-    upstream: UpstreamFactory,
+    targets: Arc<Vec<(String, SocketAddr)>>,
+    link_settings: LinkSettings,
     admin: Option<std::net::TcpListener>,
     uring_entries: u32,
 }
@@ -211,13 +225,14 @@ impl Worker {
 
     async fn main(self, driver: &'static str) {
         tracing::info!(core = self.index, driver, "worker started");
-        let upstream = (self.upstream)(self.index);
+        let upstream = Upstreams::new(&self.targets, self.link_settings);
         let core = Rc::new(Core::new(
             self.index,
             Rc::new(self.settings),
             self.peers,
             upstream,
         ));
+        core.upstream.start(&core);
         monoio::spawn(core.clone().flusher());
         monoio::spawn(core.clone().ticker());
         let listener = match monoio::net::TcpListener::from_std(self.listener) {
@@ -263,6 +278,7 @@ fn snapshot(core: &Core, driver: &str, with_sessions: bool) -> CoreSnapshot {
         ("idle_timeouts", &c.idle_timeouts),
         ("backlog_closes", &c.backlog_closes),
         ("close_timeouts", &c.close_timeouts),
+        ("paused", &c.paused),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.get()))
@@ -272,6 +288,7 @@ fn snapshot(core: &Core, driver: &str, with_sessions: bool) -> CoreSnapshot {
         driver: driver.to_string(),
         sessions: core.live_sessions(),
         counters,
+        upstreams: core.upstream.snapshot(),
         users: with_sessions.then(|| {
             core.sessions()
                 .iter()

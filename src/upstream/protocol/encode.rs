@@ -1,0 +1,199 @@
+//! Encoding the frame header and the small frames.
+//!
+//! Owns the header layout and the bodies of every frame except OPEN (`open.rs`). Must never copy
+//! a DATA payload on the proxy's path: the proxy writes [`encode_header`] and the payload as one
+//! vectored write, and [`data_frame`] exists only for servers and tests.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{FrameType, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON, MIN_LENGTH, VERSION};
+
+/// Writes the 14-byte header for a frame whose body is `body_len` bytes. The body is written
+/// separately (vectored write), so DATA payloads are never copied.
+///
+/// Bodies are bounded by the configured message size, far below 4 GiB. Should a caller still pass
+/// a longer one, `length` saturates at `u32::MAX`, which every receiver rejects as too large, so
+/// the link fails loudly instead of desynchronising.
+pub fn encode_header(
+    out: &mut [u8; HEADER_LEN],
+    ty: FrameType,
+    flags: u8,
+    session: u64,
+    body_len: usize,
+) {
+    let length = u32::try_from(body_len.saturating_add(MIN_LENGTH)).unwrap_or(u32::MAX);
+    let [l0, l1, l2, l3] = length.to_be_bytes();
+    let [s0, s1, s2, s3, s4, s5, s6, s7] = session.to_be_bytes();
+    *out = [
+        l0, l1, l2, l3, ty as u8, flags, s0, s1, s2, s3, s4, s5, s6, s7,
+    ];
+}
+
+/// One whole frame whose body is the concatenation of `parts`.
+fn frame(ty: FrameType, flags: u8, session: u64, parts: &[&[u8]]) -> Bytes {
+    let body_len = parts.iter().map(|part| part.len()).sum();
+    let mut header = [0; HEADER_LEN];
+    encode_header(&mut header, ty, flags, session, body_len);
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body_len);
+    out.put_slice(&header);
+    for part in parts {
+        out.put_slice(part);
+    }
+    out.freeze()
+}
+
+/// The body shape shared by LINK_ERROR, GOAWAY, REFUSE and CLOSE: a code, then text.
+fn coded(ty: FrameType, session: u64, code: u16, text: &str) -> Bytes {
+    frame(ty, 0, session, &[&code.to_be_bytes(), text.as_bytes()])
+}
+
+/// HELLO for this module's [`VERSION`].
+pub fn hello(core: u16, workers: u16, instance: &str) -> Bytes {
+    hello_with_version(VERSION, core, workers, instance)
+}
+
+/// HELLO claiming any version, to exercise a server's mismatch handling.
+pub fn hello_with_version(version: u16, core: u16, workers: u16, instance: &str) -> Bytes {
+    frame(
+        FrameType::Hello,
+        0,
+        0,
+        &[
+            &version.to_be_bytes(),
+            &core.to_be_bytes(),
+            &workers.to_be_bytes(),
+            instance.as_bytes(),
+        ],
+    )
+}
+
+pub fn hello_ack(version: u16, server: &str) -> Bytes {
+    frame(
+        FrameType::HelloAck,
+        0,
+        0,
+        &[&version.to_be_bytes(), server.as_bytes()],
+    )
+}
+
+pub fn link_error(code: u16, message: &str) -> Bytes {
+    coded(FrameType::LinkError, 0, code, message)
+}
+
+pub fn ping(token: [u8; 8]) -> Bytes {
+    frame(FrameType::Ping, 0, 0, &[&token])
+}
+
+pub fn pong(token: [u8; 8]) -> Bytes {
+    frame(FrameType::Pong, 0, 0, &[&token])
+}
+
+pub fn goaway(code: u16, reason: &str) -> Bytes {
+    coded(FrameType::GoAway, 0, code, reason)
+}
+
+pub fn refuse(session: u64, code: u16, reason: &str) -> Bytes {
+    coded(FrameType::Refuse, session, code, reason)
+}
+
+/// CLOSE with `reason` cut at a char boundary to at most [`MAX_CLOSE_REASON`] bytes, so the
+/// other side can put it in a WebSocket close frame unchanged.
+pub fn close(session: u64, code: u16, reason: &str) -> Bytes {
+    coded(
+        FrameType::Close,
+        session,
+        code,
+        truncate_utf8(reason, MAX_CLOSE_REASON),
+    )
+}
+
+/// DATA as one buffer. A convenience for servers and tests: it copies `payload`, which the
+/// proxy never does (it writes [`encode_header`] and the payload separately).
+pub fn data_frame(session: u64, text: bool, payload: &[u8]) -> Bytes {
+    let flags = if text { FLAG_TEXT } else { 0 };
+    frame(FrameType::Data, flags, session, &[payload])
+}
+
+/// The longest prefix of `s` that is at most `max` bytes and still valid UTF-8.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        // Cannot underflow: offset 0 is always a char boundary.
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout() {
+        let mut out = [0xaa; HEADER_LEN];
+        encode_header(
+            &mut out,
+            FrameType::Data,
+            FLAG_TEXT,
+            0x0102_0304_0506_0708,
+            2,
+        );
+        assert_eq!(
+            out,
+            [0, 0, 0, 12, 0x12, 1, 1, 2, 3, 4, 5, 6, 7, 8],
+            "length counts type, flags, session and body"
+        );
+    }
+
+    #[test]
+    fn header_length_saturates_instead_of_wrapping() {
+        let mut out = [0; HEADER_LEN];
+        encode_header(&mut out, FrameType::Data, 0, 1, usize::MAX);
+        assert_eq!(out[..4], [0xff; 4]);
+        if usize::BITS > 32 {
+            encode_header(&mut out, FrameType::Data, 0, 1, u32::MAX as usize - 9);
+            assert_eq!(out[..4], [0xff; 4]);
+        }
+    }
+
+    #[test]
+    fn close_reason_is_cut_to_123_bytes_at_a_char_boundary() {
+        let ascii = "x".repeat(200);
+        let frame = close(1, 4000, &ascii);
+        assert_eq!(frame.len(), HEADER_LEN + 2 + 123);
+
+        // 'é' is 2 bytes; 61 of them plus "a" is 123 bytes, 62 would be 124.
+        let accented = format!("a{}", "é".repeat(80));
+        let frame = close(1, 4000, &accented);
+        let reason = std::str::from_utf8(&frame[HEADER_LEN + 2..]).unwrap();
+        assert_eq!(reason.len(), 123);
+        assert!(accented.starts_with(reason));
+
+        // Without the "a", byte 123 falls inside a 2-byte char, so only 122 bytes fit.
+        let accented = "é".repeat(80);
+        let frame = close(1, 4000, &accented);
+        assert_eq!(frame.len(), HEADER_LEN + 2 + 122);
+    }
+
+    #[test]
+    fn short_reasons_are_kept_whole() {
+        let frame = close(1, 1000, "");
+        assert_eq!(frame.len(), HEADER_LEN + 2);
+        let frame = close(1, 1000, "é");
+        assert_eq!(&frame[HEADER_LEN + 2..], "é".as_bytes());
+    }
+
+    #[test]
+    fn other_reasons_are_not_truncated() {
+        let long = "r".repeat(1000);
+        assert_eq!(refuse(1, 4003, &long).len(), HEADER_LEN + 2 + 1000);
+        assert_eq!(goaway(1012, &long).len(), HEADER_LEN + 2 + 1000);
+        assert_eq!(link_error(5, &long).len(), HEADER_LEN + 2 + 1000);
+    }
+
+    #[test]
+    fn data_frame_flags() {
+        assert_eq!(data_frame(9, true, b"a")[5], FLAG_TEXT);
+        assert_eq!(data_frame(9, false, b"a")[5], 0);
+    }
+}
