@@ -109,6 +109,8 @@ pub struct Core {
     pub upstream: Upstreams,
     pub counters: Counters,
     pub shutdown: Event,
+    /// Set once every session is closed during shutdown: the upstream links may go now.
+    pub stopped: Event,
     epoch: Instant,
     now: Cell<u32>,
     next_session: Cell<u64>,
@@ -141,6 +143,7 @@ impl Core {
             upstream,
             counters: Counters::default(),
             shutdown: Event::default(),
+            stopped: Event::default(),
             epoch: Instant::now(),
             now: Cell::new(0),
             // Starts at 1: session id 0 means "the link itself" in the upstream protocol.

@@ -258,6 +258,9 @@ impl Worker {
         core.shutdown.set();
         acceptor.await;
         core.close_all().await;
+        // The sessions' CLOSE frames are queued on the links; send what the sockets take now.
+        core.upstream.flush_now();
+        core.stopped.set();
         tracing::info!(core = self.index, "worker stopped");
     }
 }

@@ -290,8 +290,9 @@ impl Link {
         self.last_rx.set(Instant::now());
         tracing::info!(core = core.index, upstream = %self.name, "upstream link up");
         monoio::spawn(self.clone().keepalive(stream.clone()));
+        // Not on `shutdown`: the link must outlive the sessions, whose CLOSE 1001 frames it carries.
         monoio::select! {
-            _ = core.shutdown.wait() => LinkEnd::Shutdown,
+            _ = core.stopped.wait() => LinkEnd::Shutdown,
             end = self.read_loop(core, &stream) => end,
         }
     }
@@ -401,6 +402,13 @@ impl Link {
             }
             seq += 1;
             self.push(proto::ping(seq.to_be_bytes()));
+        }
+    }
+
+    /// Best-effort synchronous write of whatever is queued (used as the core stops).
+    pub fn flush_now(&self) {
+        if let Some(stream) = self.stream.borrow().as_ref() {
+            let _ = self.out.borrow_mut().flush(stream.as_raw_fd());
         }
     }
 

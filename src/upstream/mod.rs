@@ -195,6 +195,13 @@ impl Upstreams {
         l.gate.is_shut().then(|| l.gate.clone())
     }
 
+    /// Writes every link's queue now, as far as the sockets take it (at shutdown).
+    pub fn flush_now(&self) {
+        for l in &self.links {
+            l.flush_now();
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<LinkSnapshot> {
         self.links
             .iter()
