@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Resident memory of ringgate per idle WebSocket connection.
 
-Starts `ringgate demo` (release build) on a free port, opens N WebSocket connections that then stay
-silent, and reports the growth of the server's VmRSS divided by N. Connections are spread over
+Starts the echo game server (`ringgate echo-upstream`) and, in front of it, the proxy
+(`ringgate run`, release build) on free ports, opens N WebSocket connections that then stay silent,
+and reports the growth of the proxy's VmRSS divided by N (the game server is a separate process and
+not counted). Connections are spread over
 source addresses 127.0.0.2.. so more than one port range fits. Loopback only; stops by itself.
 
 usage: scripts/idle-memory.py [--conns 9000] [--binary target/release/ringgate] [--workers 2]
@@ -30,13 +32,19 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
+    upstream = subprocess.Popen([args.binary, "echo-upstream", "--listen", "127.0.0.1:0"],
+                                stdout=subprocess.PIPE, text=True)
+    up_addr = re.search(r"listening on (\S+)", upstream.stdout.readline()).group(1)
     server = subprocess.Popen(
-        [args.binary, "demo", "--listen", "127.0.0.1:0", "--workers", str(args.workers),
+        [args.binary, "run", "--listen", "127.0.0.1:0", "--workers", str(args.workers),
+         "--upstream", up_addr, "--admin", "127.0.0.1:0",
          "--ping-interval", "1h", "--idle-timeout", "2h"],
         stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))
+        admin = re.search(r"(http://\S+)/stats", server.stdout.readline()).group(1)
+        wait_links_up(admin)
         # Warm up: one connection, so the runtime's own start-up allocations are in the baseline.
         warm = connect(port, "127.0.0.1", 0)
         finish_handshakes([warm])
@@ -63,6 +71,21 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=30)
+        upstream.terminate()
+        upstream.wait(timeout=30)
+
+
+def wait_links_up(admin):
+    """The links connect right after start; clients arriving before get 503."""
+    import json
+    import urllib.request
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        cores = json.load(urllib.request.urlopen(admin + "/stats", timeout=5))
+        if all(u["up"] for c in cores for u in c["upstreams"]):
+            return
+        time.sleep(0.05)
+    sys.exit("upstream links did not come up")
 
 
 def connect(port, src, i):
