@@ -81,6 +81,7 @@ fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>) {
             return;
         };
         let shutdown = Rc::new(Event::default());
+        let links = Rc::new(Links::default());
         let s = shutdown.clone();
         monoio::spawn(async move {
             let _ = stop.recv_async().await;
@@ -92,14 +93,47 @@ fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>) {
                 r = listener.accept() => r,
             };
             if let Ok((stream, _)) = accepted {
-                monoio::spawn(serve_link(stream, shutdown.clone()));
+                let guard = LinkGuard::new(links.clone());
+                let shutdown = shutdown.clone();
+                monoio::spawn(async move {
+                    serve_link(stream, &shutdown).await;
+                    drop(guard);
+                });
             }
         }
         // Let the links send their GOAWAY before the runtime goes away.
-        while Rc::strong_count(&shutdown) > 1 {
-            monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+        links.stopping.set(true);
+        if links.live.get() > 0 {
+            links.gone.wait().await;
         }
     });
+}
+
+/// Counts the live links so shutdown can wait for their GOAWAY to go out.
+#[derive(Default)]
+struct Links {
+    live: std::cell::Cell<usize>,
+    stopping: std::cell::Cell<bool>,
+    gone: Event,
+}
+
+struct LinkGuard(Rc<Links>);
+
+impl LinkGuard {
+    fn new(links: Rc<Links>) -> LinkGuard {
+        links.live.set(links.live.get() + 1);
+        LinkGuard(links)
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let l = &self.0;
+        l.live.set(l.live.get() - 1);
+        if l.live.get() == 0 && l.stopping.get() {
+            l.gone.set();
+        }
+    }
 }
 
 /// What the link loop should do after a batch of frames.
@@ -109,7 +143,7 @@ enum Next {
     Close,
 }
 
-async fn serve_link(stream: TcpStream, shutdown: Rc<Event>) {
+async fn serve_link(stream: TcpStream, shutdown: &Event) {
     let fd = stream.as_raw_fd();
     if sys::prepare_client_socket(fd).is_err() {
         return;
