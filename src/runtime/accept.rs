@@ -33,11 +33,13 @@ pub struct Handoff {
 }
 
 /// Accepts until shutdown. Running out of file descriptors is logged once per interval, not once
-/// per connection, and backs off briefly so the loop does not spin while the table is full.
+/// per connection. A descriptor kept in reserve lets the core accept each waiting client anyway and
+/// turn it away at once with a 503, instead of leaving it hanging in the backlog until it gives up.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     const WARN_EVERY: Duration = Duration::from_secs(10);
     let mut last_warn: Option<Instant> = None;
     let mut suppressed = 0u64;
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = monoio::select! {
             _ = core.shutdown.wait() => break,
@@ -65,7 +67,19 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                 } else {
                     suppressed += 1;
                 }
-                monoio::time::sleep(Duration::from_millis(20)).await;
+                if reserve.take().is_some() {
+                    // Only clients already waiting: one arriving later may find descriptors again.
+                    if let Ok(Some(fd)) = sys::accept_now(listener.as_raw_fd()) {
+                        bump(&core.counters.shed);
+                        turn_away(fd.as_raw_fd());
+                    }
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
+                if reserve.is_none() {
+                    // Not even the reserve is back: wait for descriptors to free up.
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
             }
         }
     }
@@ -169,7 +183,22 @@ fn establish(
     bump(&core.counters.upgraded);
     tracing::debug!(session = session.id, %peer, core = core.index, user = session.user.as_deref(), "session open");
     core.upstream.opened(core, &session, &req, peer);
-    monoio::spawn(conn::drive(core.clone(), session, rest));
+    let driver = conn::drive(core.clone(), session.clone(), rest);
+    monoio::spawn(conn::Contained::new(driver, core.clone(), session));
+}
+
+/// Answers 503 on a socket we cannot afford to keep, synchronously. What the client already sent is
+/// read first: closing with unread input would send a RST instead of the response.
+fn turn_away(fd: std::os::fd::RawFd) {
+    let mut scratch = BytesMut::with_capacity(4096);
+    let _ = sys::read_into(fd, &mut scratch);
+    let response = service_unavailable("server out of resources");
+    let iov = [libc::iovec {
+        iov_base: response.as_ptr() as *mut libc::c_void,
+        iov_len: response.len(),
+    }];
+    let _ = sys::send_vectored(fd, &iov);
+    sys::shutdown(fd, libc::SHUT_WR);
 }
 
 fn service_unavailable(why: &str) -> Vec<u8> {

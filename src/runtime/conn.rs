@@ -182,3 +182,48 @@ async fn wait_gate(s: &Session, gate: &Gate) {
     })
     .await
 }
+
+/// Runs a connection's driver so that a panic in it (a bug reached by some peer's bytes) ends that
+/// one connection: the session is reset and released, the core and its other sessions carry on.
+pub struct Contained<F> {
+    fut: F,
+    core: Rc<Core>,
+    session: Rc<Session>,
+}
+
+impl<F> Contained<F> {
+    pub fn new(fut: F, core: Rc<Core>, session: Rc<Session>) -> Self {
+        Contained { fut, core, session }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Contained<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // SAFETY: `fut` is structurally pinned: it is never moved out of `self` or replaced.
+        let this = unsafe { self.get_unchecked_mut() };
+        let fut = unsafe { std::pin::Pin::new_unchecked(&mut this.fut) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                let (core, s) = (&this.core, &this.session);
+                bump(&core.counters.panics);
+                tracing::error!(
+                    session = s.id,
+                    "connection driver panicked; connection reset"
+                );
+                core.abort(s);
+                if !s.has(flag::ENDED) {
+                    s.set(flag::ENDED);
+                    core.unregister(s);
+                    core.upstream.closed(s, 1011);
+                }
+                std::task::Poll::Ready(())
+            }
+        }
+    }
+}

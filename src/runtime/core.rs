@@ -68,6 +68,10 @@ pub struct Counters {
     pub idle_timeouts: Cell<u64>,
     pub backlog_closes: Cell<u64>,
     pub close_timeouts: Cell<u64>,
+    /// Connection drivers that panicked (each one reset its connection only).
+    pub panics: Cell<u64>,
+    /// Connections accepted with the reserve descriptor and turned away while out of descriptors.
+    pub shed: Cell<u64>,
     /// Times a client's driver waited for a congested upstream link.
     pub paused: Cell<u64>,
 }

@@ -282,6 +282,8 @@ fn snapshot(core: &Core, driver: &str, with_sessions: bool) -> CoreSnapshot {
         ("backlog_closes", &c.backlog_closes),
         ("close_timeouts", &c.close_timeouts),
         ("paused", &c.paused),
+        ("panics", &c.panics),
+        ("shed", &c.shed),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.get()))

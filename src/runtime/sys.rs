@@ -113,3 +113,29 @@ pub fn set_linger_zero(fd: RawFd) {
         );
     }
 }
+
+/// A nonblocking `accept4(2)`: the client waiting right now, if any. Used only to turn clients away
+/// while out of descriptors, so it must never wait for one to arrive.
+pub fn accept_now(listener: RawFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    loop {
+        // SAFETY: accept4 with null address pointers is valid; a returned fd is ours to own.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 just returned this fd and nothing else owns it.
+            return Ok(Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}

@@ -85,6 +85,8 @@ pub enum HandshakeError {
     DuplicateKey,
     #[error("Sec-WebSocket-Key is not the base64 encoding of 16 bytes")]
     InvalidKey,
+    #[error("an upgrade request must not carry a body")]
+    BodyNotAllowed,
 }
 
 impl HandshakeError {
@@ -102,7 +104,8 @@ impl HandshakeError {
             | Self::ConnectionNotUpgrade
             | Self::MissingKey
             | Self::DuplicateKey
-            | Self::InvalidKey => 400,
+            | Self::InvalidKey
+            | Self::BodyNotAllowed => 400,
         }
     }
 }
@@ -180,6 +183,13 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseOutcome, 
     };
     if !is_valid_key(key) {
         return Err(HandshakeError::InvalidKey);
+    }
+
+    // The bytes after the head are WebSocket frames; a body there would be read as frames.
+    let has_body = values(headers, "transfer-encoding").next().is_some()
+        || values(headers, "content-length").any(|v| v.trim_ascii() != b"0");
+    if has_body {
+        return Err(HandshakeError::BodyNotAllowed);
     }
 
     let subprotocol = values(headers, "sec-websocket-protocol")
@@ -670,5 +680,25 @@ mod tests {
         assert_eq!(query_param("a=%zz%41", "a").as_deref(), Some("%zzA"));
         assert_eq!(query_param("&&a=1", "a").as_deref(), Some("1"));
         assert_eq!(query_param("a=1=2", "a").as_deref(), Some("1=2"));
+    }
+
+    #[test]
+    fn a_body_is_refused() {
+        let cfg = cfg();
+        for extra in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+            let req = format!(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\nhello"
+            );
+            let e = parse_request(req.as_bytes(), &cfg).unwrap_err();
+            assert_eq!(
+                (e.clone(), e.status()),
+                (HandshakeError::BodyNotAllowed, 400)
+            );
+        }
+        let ok = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            parse_request(ok.as_bytes(), &cfg),
+            Ok(ParseOutcome::Complete(_))
+        ));
     }
 }
