@@ -205,6 +205,9 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
+    if !server.wait_ready(cfg.link_connect_timeout + Duration::from_secs(1)) {
+        tracing::warn!("not every upstream link is up yet; clients get 503 until one is");
+    }
     let url = format!("ws://{}{}", server.local_addr, cfg.path);
     println!(
         "ringgate listening on {url} ({} workers)",

@@ -14,7 +14,7 @@ use tungstenite::{client::IntoClientRequest, Message};
 
 struct Proxy {
     child: Child,
-    url: String,
+    stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -25,7 +25,9 @@ impl Drop for Proxy {
     }
 }
 
-/// Starts `ringgate run` with one upstream and extra config, returns once it listens.
+/// Starts `ringgate run` with one upstream and extra config. The proxy announces its address only
+/// after its links' first attempt, so the caller plays the game server first and asks for the URL
+/// after.
 fn proxy(upstream: SocketAddr, extra_toml: &str) -> Proxy {
     let dir = std::env::temp_dir().join(format!(
         "ringgate-link-{}-{}",
@@ -50,27 +52,35 @@ fn proxy(upstream: SocketAddr, extra_toml: &str) -> Proxy {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = err_tx.send(line);
-        }
-    });
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
     Proxy {
         child,
-        url,
-        stderr: err_rx,
+        stdout: lines(stdout),
+        stderr: lines(stderr),
     }
 }
 
+fn lines(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 impl Proxy {
+    /// The WebSocket URL from the listening line.
+    fn url(&self) -> String {
+        let line = self
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no listening line");
+        line.split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string()
+    }
     /// Waits for a stderr line containing `needle`.
     fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -174,9 +184,10 @@ fn hello_open_data_close_and_ping_on_the_wire() {
     ack.extend_from_slice(b"test-server");
     write_frame(&mut link, 0x02, 0, 0, &ack);
     proxy.wait_log("upstream link up");
+    let url = proxy.url();
 
     // A client with a user, a query and forwarded headers.
-    let mut req = format!("{}?user=alice&room=3", proxy.url)
+    let mut req = format!("{url}?user=alice&room=3")
         .into_client_request()
         .unwrap();
     req.headers_mut()
@@ -249,7 +260,7 @@ fn hello_open_data_close_and_ping_on_the_wire() {
     assert_eq!(&close.body[0..2], &4001u16.to_be_bytes());
 
     // A second player vanishes without a close frame: 1006.
-    let (ws2, _) = tungstenite::connect(format!("{}?user=bob", proxy.url)).unwrap();
+    let (ws2, _) = tungstenite::connect(format!("{url}?user=bob")).unwrap();
     let open2 = expect(&mut link, 0x10);
     drop(ws2);
     let close2 = expect(&mut link, 0x13);
@@ -286,8 +297,8 @@ fn version_mismatch_is_an_error_and_the_link_retries() {
     proxy.wait_log("does not speak protocol version 1");
 
     // With no link up, a client is turned away before the upgrade.
-    let addr = proxy
-        .url
+    let url = proxy.url();
+    let addr = url
         .trim_start_matches("ws://")
         .split('/')
         .next()
@@ -313,7 +324,8 @@ fn silent_link_is_dropped_and_its_sessions_closed_with_1011() {
     assert_eq!(read_frame(&mut link).ty, 0x01);
     write_frame(&mut link, 0x02, 0, 0, &[0, 1]);
     proxy.wait_log("upstream link up");
-    let (mut ws, _) = tungstenite::connect(format!("{}?user=carol", proxy.url)).unwrap();
+    let url = proxy.url();
+    let (mut ws, _) = tungstenite::connect(format!("{url}?user=carol")).unwrap();
     assert_eq!(expect(&mut link, 0x10).body[2..7], *b"carol");
     // From now on the server neither reads nor answers: the proxy must give up on the link.
     let started = Instant::now();

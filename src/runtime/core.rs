@@ -244,15 +244,17 @@ impl Core {
             .collect()
     }
 
-    /// Queues a message for the client. A client whose queue passes `max_client_backlog` is not
-    /// reading: it is closed with 1008 rather than allowed to grow memory.
+    /// Queues a message for the client. A client whose queue would pass `max_client_backlog` is not
+    /// reading: it is closed with 1008 rather than allowed to grow memory. A message always fits an
+    /// empty queue, so the bound per client is the larger of the backlog and one message.
     pub fn send(&self, s: &Rc<Session>, opcode: OpCode, payload: Bytes) {
         if s.has(flag::CLOSE_SENT | flag::BROKEN | flag::ENDED) {
             return;
         }
+        let before = s.queued();
         s.push_frame(opcode, payload);
         bump(&self.counters.messages_out);
-        if s.queued() > self.settings.max_client_backlog {
+        if before > 0 && s.queued() > self.settings.max_client_backlog {
             bump(&self.counters.backlog_closes);
             tracing::debug!(
                 session = s.id,

@@ -100,3 +100,30 @@ impl Gate {
         self.waiters.borrow_mut().push(waker.clone());
     }
 }
+
+/// Counts tasks down to zero, then sets `done` (each link's first connect attempt, at start).
+pub struct Countdown {
+    left: Cell<usize>,
+    pub done: Event,
+}
+
+impl Countdown {
+    pub fn new(n: usize) -> Countdown {
+        let c = Countdown {
+            left: Cell::new(n),
+            done: Event::default(),
+        };
+        if n == 0 {
+            c.done.set();
+        }
+        c
+    }
+
+    pub fn tick(&self) {
+        let left = self.left.get().saturating_sub(1);
+        self.left.set(left);
+        if left == 0 {
+            self.done.set();
+        }
+    }
+}

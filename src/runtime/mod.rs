@@ -74,9 +74,21 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     controls: Vec<flume::Sender<CoreMsg>>,
     threads: Vec<JoinHandle<()>>,
+    ready: std::sync::mpsc::Receiver<usize>,
 }
 
 impl Server {
+    /// Waits until every core's links have made their first connect attempt, so that clients
+    /// arriving after the listening line do not get 503 for links that were about to come up.
+    /// Returns false if `limit` passed first (an upstream is slow or down; the proxy serves anyway).
+    pub fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        (0..self.threads.len()).all(|_| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            self.ready.recv_timeout(left).is_ok()
+        })
+    }
+
     /// Asks every core to stop gracefully; [`Server::join`] waits for them.
     pub fn shutdown(&self) {
         for c in &self.controls {
@@ -113,10 +125,14 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
         listeners.push(l);
     }
     let admin = match cfg.admin_listen {
-        Some(a) => Some(
-            std::net::TcpListener::bind(a)
-                .map_err(|source| StartError::Bind { addr: a, source })?,
-        ),
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a)
+                .map_err(|source| StartError::Bind { addr: a, source })?;
+            // The epoll driver accepts with a plain accept(2): a blocking socket would stall the core.
+            l.set_nonblocking(true)
+                .map_err(|source| StartError::Bind { addr: a, source })?;
+            Some(l)
+        }
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -124,6 +140,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
         .map(|_| flume::bounded(core::CONTROL_QUEUE))
         .unzip();
     let mut admin = admin;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(workers);
     for (index, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
         let worker = Worker {
@@ -136,6 +153,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
             link_settings: link_settings.clone(),
             admin: if index == 0 { admin.take() } else { None },
             uring_entries: cfg.uring_entries,
+            ready: ready_tx.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("ringgate-{index}"))
@@ -148,6 +166,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
         admin_addr,
         controls: senders,
         threads,
+        ready,
     })
 }
 
@@ -175,6 +194,8 @@ struct Worker {
     link_settings: LinkSettings,
     admin: Option<std::net::TcpListener>,
     uring_entries: u32,
+    /// Told once every link of this core has made its first connect attempt.
+    ready: std::sync::mpsc::Sender<usize>,
 }
 
 impl Worker {
@@ -232,7 +253,13 @@ impl Worker {
             self.peers,
             upstream,
         ));
-        core.upstream.start(&core);
+        let first_attempts = core.upstream.start(&core);
+        let ready = self.ready;
+        let index = self.index;
+        monoio::spawn(async move {
+            first_attempts.done.wait().await;
+            let _ = ready.send(index);
+        });
         monoio::spawn(core.clone().flusher());
         monoio::spawn(core.clone().ticker());
         let listener = match monoio::net::TcpListener::from_std(self.listener) {

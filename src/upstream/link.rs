@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
+use crate::runtime::event::Countdown;
 use crate::runtime::{flag, sys, Core, Flush, Gate, Notify, OutQueue, ReadOutcome, Session};
 use crate::upstream::protocol::{self as proto, Frame, FrameType};
 use crate::upstream::LinkSettings;
@@ -167,7 +168,8 @@ impl Link {
 
     /// Runs the link for the life of the core: connect, serve, and reconnect with exponential
     /// backoff and jitter after every failure.
-    pub async fn supervise(self: Rc<Self>, core: Rc<Core>) {
+    pub async fn supervise(self: Rc<Self>, core: Rc<Core>, first: Rc<Countdown>) {
+        let mut first = Some(first);
         monoio::spawn(self.clone().writer());
         let mut failures = 0u32;
         let mut rng = Jitter::new(core.index as u64 ^ (u64::from(self.index) << 32));
@@ -178,6 +180,11 @@ impl Link {
             };
             match attempt {
                 Ok(stream) => {
+                    // serve() marks the link up before it first yields, so the waiters this
+                    // wakes see it up.
+                    if let Some(f) = first.take() {
+                        f.tick();
+                    }
                     let began = Instant::now();
                     let end = self.serve(&core, stream).await;
                     self.teardown(&core, &end);
@@ -187,6 +194,9 @@ impl Link {
                     }
                 }
                 Err(e) => {
+                    if let Some(f) = first.take() {
+                        f.tick();
+                    }
                     self.connect_failures.set(self.connect_failures.get() + 1);
                     // The first failure of a series is worth a warning; the retries are not.
                     if failures == 0

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::runtime::event::Countdown;
 use crate::runtime::{flag, Core, Gate, Session};
 use crate::shard::user_hash;
 use crate::ws::UpgradeRequest;
@@ -122,11 +123,14 @@ impl Upstreams {
         }
     }
 
-    /// Starts every link's supervisor on this core.
-    pub fn start(&self, core: &Rc<Core>) {
+    /// Starts every link's supervisor on this core; the countdown reaches zero once every link
+    /// has made its first connect attempt (up or failed).
+    pub fn start(&self, core: &Rc<Core>) -> Rc<Countdown> {
+        let first = Rc::new(Countdown::new(self.links.len()));
         for l in &self.links {
-            monoio::spawn(l.clone().supervise(core.clone()));
+            monoio::spawn(l.clone().supervise(core.clone(), first.clone()));
         }
+        first
     }
 
     /// Called before the 101 response: is any game server reachable from this core?
