@@ -1,0 +1,65 @@
+//! The command line as an operator meets it: `check-config` on good and bad files, and `run`
+//! without an upstream.
+
+use std::process::Command;
+
+fn ringgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ringgate.example.toml");
+    let (ok, out, err) = ringgate(&["check-config", example]);
+    assert!(ok, "{err}");
+    assert!(out.trim_end().ends_with(": ok"), "{out}");
+}
+
+#[test]
+fn check_config_reports_the_first_error_with_its_key() {
+    for (text, key) in [
+        ("max_message_size = -1\n", "max_message_size"),
+        ("listen = \"not an address\"\n", "listen"),
+        (
+            "idle_timeout = \"5s\"\nping_interval = \"10s\"\n",
+            "idle_timeout",
+        ),
+        ("typo_key = 1\n", "typo_key"),
+        ("[[upstream]]\naddress = \"no-port\"\n", "upstream.address"),
+        ("handshake_timeout = \"forever\"\n", "handshake_timeout"),
+    ] {
+        let f = temp_file("bad.toml", text);
+        let (ok, _, err) = ringgate(&["check-config", f.to_str().unwrap()]);
+        assert!(!ok, "{text:?} was accepted");
+        assert!(
+            err.contains(key),
+            "error for {text:?} does not name {key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_without_an_upstream_says_what_to_do() {
+    let (ok, _, err) = ringgate(&["run", "--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no upstream configured") && err.contains("--upstream"),
+        "{err}"
+    );
+}
