@@ -25,6 +25,12 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
+def tcp_mem_pages():
+    """Pages the kernel holds for all TCP sockets (/proc/net/sockstat, "TCP: ... mem N")."""
+    with open("/proc/net/sockstat") as f:
+        return int(re.search(r"TCP:.* mem (\d+)", f.read()).group(1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=9000)
@@ -49,6 +55,7 @@ def main():
         warm = connect(port, "127.0.0.1", 0)
         finish_handshakes([warm])
         base = rss_kib(server.pid)
+        kbase = tcp_mem_pages()
         t0 = time.monotonic()
         socks = []
         for i in range(args.conns):
@@ -60,10 +67,14 @@ def main():
         # Let the runtime settle (no traffic is in flight; this only lets the allocator return pages).
         time.sleep(1)
         after = rss_kib(server.pid)
+        kafter = tcp_mem_pages()
         per = (after - base) * 1024 / args.conns
         print(f"connections: {args.conns}  workers: {args.workers}")
         print(f"server VmRSS: {base} KiB before, {after} KiB after")
         print(f"resident memory per idle connection: {per:.0f} bytes")
+        # Both ends of each connection are on this machine: halve for the server's share.
+        kper = (kafter - kbase) * 4096 / args.conns / 2
+        print(f"kernel TCP memory per connection (server side, from sockstat): {kper:.0f} bytes")
         print(f"connect+upgrade rate: {args.conns / elapsed:.0f}/s (single-threaded Python client)")
         for s in socks:
             s.close()
