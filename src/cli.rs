@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, UpstreamConfig};
 use crate::runtime;
-use crate::upstream::echo_server;
+use crate::upstream::{echo_server, LinkSettings};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Largest frame accepted from the proxy: its max_message_size + 64 KiB (default: for 16 MiB).
+        #[arg(long, default_value_t = (16 << 20) + (64 << 10))]
+        max_frame: usize,
     },
     /// Run the proxy in front of the configured upstream game servers.
     Run(Overrides),
@@ -89,6 +92,9 @@ struct Overrides {
     /// Bytes queued toward one client before it is closed with 1008.
     #[arg(long)]
     max_client_backlog: Option<usize>,
+    /// Client connections held at most (0 = from the open-files limit).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Accepted subprotocol; repeat for several (replaces the file's list).
     #[arg(long = "subprotocol")]
     subprotocols: Vec<String>,
@@ -113,7 +119,8 @@ impl Overrides {
             idle_timeout,
             close_timeout,
             shutdown_timeout,
-            max_client_backlog
+            max_client_backlog,
+            max_connections
         );
         if !self.upstreams.is_empty() {
             cfg.upstreams = self
@@ -170,7 +177,11 @@ pub fn main() -> ExitCode {
             Ok(cfg) => serve(cfg, false),
             Err(e) => fail(&e),
         },
-        Command::EchoUpstream { listen, workers } => echo_upstream(listen, workers),
+        Command::EchoUpstream {
+            listen,
+            workers,
+            max_frame,
+        } => echo_upstream(listen, workers, max_frame),
     }
 }
 
@@ -208,6 +219,10 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     if !server.wait_ready(cfg.link_connect_timeout + Duration::from_secs(1)) {
         tracing::warn!("not every upstream link is up yet; clients get 503 until one is");
     }
+    tracing::info!(
+        per_worker = cfg.connections_per_worker(),
+        "connection limit (max_connections)"
+    );
     let url = format!("ws://{}{}", server.local_addr, cfg.path);
     println!(
         "ringgate listening on {url} ({} workers)",
@@ -237,7 +252,8 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
 
 /// The demo: the echo game server in-process on a free loopback port, the proxy in front of it.
 fn demo(mut cfg: Config) -> ExitCode {
-    let echo = match echo_server::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1) {
+    let max_frame = LinkSettings::from_config(&cfg).max_frame;
+    let echo = match echo_server::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1, max_frame) {
         Ok(e) => e,
         Err(e) => return fail(&format!("cannot start the echo game server: {e}")),
     };
@@ -249,13 +265,13 @@ fn demo(mut cfg: Config) -> ExitCode {
     code
 }
 
-fn echo_upstream(listen: SocketAddr, workers: usize) -> ExitCode {
+fn echo_upstream(listen: SocketAddr, workers: usize, max_frame: usize) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
-    let server = match echo_server::start(listen, workers) {
+    let server = match echo_server::start(listen, workers, max_frame) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
     };

@@ -43,6 +43,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Bytes queued toward one client before it is closed with 1008 for not reading.
     pub max_client_backlog: usize,
+    /// Client connections (handshaking or open) the instance holds at most, split evenly over the
+    /// workers; more are answered 503 at once. 0 = derived from the open-files limit.
+    pub max_connections: usize,
     /// io_uring submission queue entries per worker.
     pub uring_entries: u32,
     /// Accept backlog of each worker's listener.
@@ -98,6 +101,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             max_client_backlog: 1 << 20,
+            max_connections: 0,
             uring_entries: 4096,
             listen_backlog: 4096,
             admin_listen: None,
@@ -256,6 +260,31 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// The connection cap per worker: the configured total, or what the open-files limit leaves
+    /// after the runtime's own descriptors, split over the workers.
+    pub fn connections_per_worker(&self) -> usize {
+        let workers = self.worker_count().max(1);
+        let total = if self.max_connections > 0 {
+            self.max_connections
+        } else {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit fills the struct we pass.
+            let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+                lim.rlim_cur.min(1 << 30) as usize
+            } else {
+                1024
+            };
+            // Each worker: its listener, io_uring, eventfd, timer, upstream links, a reserve
+            // descriptor, and room for in-flight rejections; plus the process's own few.
+            let own = 64 + workers * (16 + 2 * self.upstreams.len().max(1));
+            nofile.saturating_sub(own)
+        };
+        (total / workers).max(1)
     }
 
     /// The configured instance id, or `hostname:pid`.

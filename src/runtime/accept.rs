@@ -32,13 +32,13 @@ pub struct Handoff {
     pub rest: BytesMut,
 }
 
-/// Accepts until shutdown. Running out of file descriptors is logged once per interval, not once
-/// per connection. A descriptor kept in reserve lets the core accept each waiting client anyway and
-/// turn it away at once with a 503, instead of leaving it hanging in the backlog until it gives up.
+/// Accepts until shutdown. A core at its connection cap, or out of file descriptors, turns clients
+/// away with a 503 at once (out of descriptors, with one kept in reserve for that) instead of
+/// leaving them hanging in the backlog; either condition is logged once per interval, not once
+/// per connection.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
-    const WARN_EVERY: Duration = Duration::from_secs(10);
-    let mut last_warn: Option<Instant> = None;
-    let mut suppressed = 0u64;
+    let mut at_cap = Throttled::default();
+    let mut no_fds = Throttled::default();
     let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = monoio::select! {
@@ -48,6 +48,21 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 bump(&core.counters.accepted);
+                let held = core.handshaking.get() + core.live_sessions();
+                if held >= core.settings.max_connections {
+                    bump(&core.counters.shed);
+                    at_cap.warn(|suppressed| {
+                        tracing::warn!(
+                            core = core.index,
+                            held,
+                            suppressed,
+                            "connection limit reached, answering 503"
+                        )
+                    });
+                    turn_away(stream.as_raw_fd());
+                    continue;
+                }
+                core.handshaking.set(core.handshaking.get() + 1);
                 monoio::spawn(handshake(core.clone(), stream, peer));
             }
             Err(e) => {
@@ -60,13 +75,9 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                     tracing::debug!(error = %e, "accept failed");
                     continue;
                 }
-                if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(core = core.index, error = %e, suppressed, "cannot accept: out of resources");
-                    last_warn = Some(Instant::now());
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
-                }
+                no_fds.warn(|suppressed| {
+                    tracing::warn!(core = core.index, error = %e, suppressed, "cannot accept: out of resources")
+                });
                 if reserve.take().is_some() {
                     // Only clients already waiting: one arriving later may find descriptors again.
                     if let Ok(Some(fd)) = sys::accept_now(listener.as_raw_fd()) {
@@ -85,12 +96,44 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+/// A warning that is logged at most once per interval, with the count of those it held back.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn warn(&mut self, log: impl FnOnce(u64)) {
+        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            log(self.suppressed);
+            self.last = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
 enum HeadError {
     Closed,
     Rejected(HandshakeError),
 }
 
+/// Counts a connection as handshaking until its handshake task ends, however it ends.
+struct Handshaking(Rc<Core>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let n = &self.0.handshaking;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
 async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let _counted = Handshaking(core.clone());
     if let Err(e) = sys::prepare_client_socket(stream.as_raw_fd()) {
         tracing::debug!(%peer, error = %e, "socket setup failed");
         return;

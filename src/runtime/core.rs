@@ -24,6 +24,8 @@ pub struct Settings {
     pub handshake: HandshakeConfig,
     pub max_message_size: usize,
     pub max_client_backlog: usize,
+    /// Client connections this core holds at most (handshaking + upgraded).
+    pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub ping_interval: u32,
     pub idle_timeout: u32,
@@ -43,6 +45,7 @@ impl Settings {
             },
             max_message_size: cfg.max_message_size,
             max_client_backlog: cfg.max_client_backlog,
+            max_connections: cfg.connections_per_worker(),
             handshake_timeout: cfg.handshake_timeout,
             ping_interval: secs(cfg.ping_interval),
             idle_timeout: secs(cfg.idle_timeout),
@@ -122,6 +125,8 @@ pub struct Core {
     free: RefCell<Vec<u32>>,
     live: Cell<usize>,
     pub drained: Event,
+    /// Connections accepted here and still in their handshake.
+    pub handshaking: Cell<usize>,
     wheel: RefCell<Wheel>,
     dirty: RefCell<Vec<Rc<Session>>>,
     flush_wake: Notify,
@@ -156,6 +161,7 @@ impl Core {
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
             drained: Event::default(),
+            handshaking: Cell::new(0),
             wheel: RefCell::new(Wheel::new()),
             dirty: RefCell::new(Vec::new()),
             flush_wake: Notify::default(),

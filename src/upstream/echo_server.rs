@@ -23,9 +23,6 @@ use crate::runtime::event::Event;
 use crate::runtime::{sys, Flush, OutQueue, ReadOutcome};
 use crate::upstream::protocol::{self as proto, Frame, FrameType};
 
-/// Frames larger than this are refused (the proxy's default message limit plus room).
-const MAX_FRAME: usize = 16 << 20;
-
 /// A running echo server.
 pub struct EchoServer {
     pub addr: SocketAddr,
@@ -46,7 +43,9 @@ impl EchoServer {
 }
 
 /// Starts `workers` threads, each with its own SO_REUSEPORT listener on `listen` (port 0 picks one).
-pub fn start(listen: SocketAddr, workers: usize) -> std::io::Result<EchoServer> {
+/// Frames longer than `max_frame` are refused with LINK_ERROR 4: match it to the proxy's
+/// `max_message_size + 64 KiB` (docs/protocol.md), or large messages kill the link.
+pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::Result<EchoServer> {
     let mut addr = listen;
     let mut stop = Vec::new();
     let mut threads = Vec::new();
@@ -58,7 +57,7 @@ pub fn start(listen: SocketAddr, workers: usize) -> std::io::Result<EchoServer> 
         threads.push(
             std::thread::Builder::new()
                 .name(format!("echo-upstream-{i}"))
-                .spawn(move || run_worker(l, rx))?,
+                .spawn(move || run_worker(l, rx, max_frame))?,
         );
     }
     Ok(EchoServer {
@@ -68,7 +67,7 @@ pub fn start(listen: SocketAddr, workers: usize) -> std::io::Result<EchoServer> 
     })
 }
 
-fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>) {
+fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>, max_frame: usize) {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -96,7 +95,7 @@ fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>) {
                 let guard = LinkGuard::new(links.clone());
                 let shutdown = shutdown.clone();
                 monoio::spawn(async move {
-                    serve_link(stream, &shutdown).await;
+                    serve_link(stream, &shutdown, max_frame).await;
                     drop(guard);
                 });
             }
@@ -143,12 +142,15 @@ enum Next {
     Close,
 }
 
-async fn serve_link(stream: TcpStream, shutdown: &Event) {
+async fn serve_link(stream: TcpStream, shutdown: &Event, max_frame: usize) {
     let fd = stream.as_raw_fd();
     if sys::prepare_client_socket(fd).is_err() {
         return;
     }
-    let mut link = EchoLink::default();
+    let mut link = EchoLink {
+        max_frame,
+        ..EchoLink::default()
+    };
     let mut buf = BytesMut::new();
     loop {
         let readable = monoio::select! {
@@ -199,6 +201,7 @@ async fn flush_all(stream: &TcpStream, out: &mut OutQueue) -> std::io::Result<()
 
 #[derive(Default)]
 struct EchoLink {
+    max_frame: usize,
     hello: bool,
     sessions: HashSet<u64>,
     out: OutQueue,
@@ -207,7 +210,7 @@ struct EchoLink {
 impl EchoLink {
     fn on_bytes(&mut self, buf: &mut BytesMut) -> Next {
         loop {
-            let frame = match proto::decode(buf, MAX_FRAME) {
+            let frame = match proto::decode(buf, self.max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Next::Continue,
                 Err(e) => {

@@ -56,6 +56,15 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for the child.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_opts(args, env, None)
+    }
+
+    /// Like [`Server::start`], with the child's open-files limit set to `nofile`.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Server {
+        Server::start_opts(args, &[], Some(nofile))
+    }
+
+    fn start_opts(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
         cmd.arg("demo")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -71,8 +80,17 @@ impl Server {
         // that started it, and has killed it by then.)
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
