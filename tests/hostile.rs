@@ -267,25 +267,32 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     assert_recovered(&server, baseline);
 }
 
-#[test]
-fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
-    // 300 descriptors: the default cap leaves room for the runtime and splits the rest over the
-    // 2 workers, so about 200 clients fit and the rest must be answered 503 at once, not hang.
-    let server = Server::start_with_nofile(&["--workers", "2"], 300);
-    let baseline = fd_count(&server);
+/// Opens `n` connections one after the other, each asking for an upgrade, and keeps them all open.
+/// Every one must be answered at once: 101, or 503 when the server cannot take it.
+fn open_and_hold(server: &Server, n: usize) -> (Vec<TcpStream>, usize, usize) {
     let mut clients = Vec::new();
     let (mut upgraded, mut refused) = (0, 0);
-    for _ in 0..400 {
+    for _ in 0..n {
         let req = upgrade_request(server.addr(), "/ws", &random_key(), &[]);
         let mut s = tcp_connect(server.addr());
         s.write_all(&req).unwrap();
         match read_http_head(&mut s).status {
             101 => upgraded += 1,
             503 => refused += 1,
-            other => panic!("unexpected status {other} at the connection limit"),
+            other => panic!("unexpected status {other} when out of room"),
         }
         clients.push(s);
     }
+    (clients, upgraded, refused)
+}
+
+#[test]
+fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
+    // 300 descriptors: the default cap leaves room for the runtime and splits the rest over the
+    // 2 workers, so about 200 clients fit and the rest must be answered 503 at once, not hang.
+    let server = Server::start_with_nofile(&["--workers", "2"], 300);
+    let baseline = fd_count(&server);
+    let (clients, upgraded, refused) = open_and_hold(&server, 400);
     assert!(
         upgraded >= 150 && refused >= 100,
         "upgraded {upgraded}, refused {refused}"
@@ -310,19 +317,7 @@ fn past_a_cap_set_above_the_fd_limit_the_reserve_descriptor_still_sheds() {
     // The operator set a cap the process cannot hold: accept(2) itself fails with EMFILE.
     let server = Server::start_with_nofile(&["--workers", "1", "--max-connections", "100000"], 200);
     let baseline = fd_count(&server);
-    let mut clients = Vec::new();
-    let (mut upgraded, mut refused) = (0, 0);
-    for _ in 0..250 {
-        let req = upgrade_request(server.addr(), "/ws", &random_key(), &[]);
-        let mut s = tcp_connect(server.addr());
-        s.write_all(&req).unwrap();
-        match read_http_head(&mut s).status {
-            101 => upgraded += 1,
-            503 => refused += 1,
-            other => panic!("unexpected status {other} while out of descriptors"),
-        }
-        clients.push(s);
-    }
+    let (clients, upgraded, refused) = open_and_hold(&server, 250);
     assert!(
         upgraded > 100 && refused > 0,
         "upgraded {upgraded}, refused {refused}"
