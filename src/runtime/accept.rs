@@ -63,7 +63,15 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                     continue;
                 }
                 core.handshaking.set(core.handshaking.get() + 1);
-                monoio::spawn(handshake(core.clone(), stream, peer));
+                let owner = core.clone();
+                // The socket is dropped with the task's state; `Handshaking` uncounts it.
+                monoio::spawn(conn::Contained::new(
+                    handshake(core.clone(), stream, peer),
+                    move || {
+                        bump(&owner.counters.panics);
+                        tracing::error!(%peer, "handshake task panicked; connection dropped");
+                    },
+                ));
             }
             Err(e) => {
                 bump(&core.counters.accept_errors);
@@ -227,7 +235,10 @@ fn establish(
     tracing::debug!(session = session.id, %peer, core = core.index, user = session.user.as_deref(), "session open");
     core.upstream.opened(core, &session, &req, peer);
     let driver = conn::drive(core.clone(), session.clone(), rest);
-    monoio::spawn(conn::Contained::new(driver, core.clone(), session));
+    let owner = core.clone();
+    monoio::spawn(conn::Contained::new(driver, move || {
+        conn::release_after_panic(&owner, &session)
+    }));
 }
 
 /// Answers 503 on a socket we cannot afford to keep, synchronously. What the client already sent is

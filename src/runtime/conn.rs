@@ -183,47 +183,94 @@ async fn wait_gate(s: &Session, gate: &Gate) {
     .await
 }
 
-/// Runs a connection's driver so that a panic in it (a bug reached by some peer's bytes) ends that
-/// one connection: the session is reset and released, the core and its other sessions carry on.
-pub struct Contained<F> {
+/// Runs a connection's task so that a panic in it (a bug reached by some peer's bytes) ends that
+/// one connection: `on_panic` releases what the task held, and the core and its other connections
+/// carry on.
+pub struct Contained<F, P: FnOnce()> {
     fut: F,
-    core: Rc<Core>,
-    session: Rc<Session>,
+    on_panic: Option<P>,
 }
 
-impl<F> Contained<F> {
-    pub fn new(fut: F, core: Rc<Core>, session: Rc<Session>) -> Self {
-        Contained { fut, core, session }
+impl<F, P: FnOnce()> Contained<F, P> {
+    pub fn new(fut: F, on_panic: P) -> Self {
+        Contained {
+            fut,
+            on_panic: Some(on_panic),
+        }
     }
 }
 
-impl<F: std::future::Future<Output = ()>> std::future::Future for Contained<F> {
+impl<F: std::future::Future<Output = ()>, P: FnOnce()> std::future::Future for Contained<F, P> {
     type Output = ();
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        // SAFETY: `fut` is structurally pinned: it is never moved out of `self` or replaced.
+        // SAFETY: `fut` is structurally pinned: it is never moved out of `self` or replaced, and
+        // `on_panic` is never pinned.
         let this = unsafe { self.get_unchecked_mut() };
         let fut = unsafe { std::pin::Pin::new_unchecked(&mut this.fut) };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {
-                let (core, s) = (&this.core, &this.session);
-                bump(&core.counters.panics);
-                tracing::error!(
-                    session = s.id,
-                    "connection driver panicked; connection reset"
-                );
-                core.abort(s);
-                if !s.has(flag::ENDED) {
-                    s.set(flag::ENDED);
-                    core.unregister(s);
-                    core.upstream.closed(s, 1011);
+                if let Some(release) = this.on_panic.take() {
+                    release();
                 }
                 std::task::Poll::Ready(())
             }
         }
+    }
+}
+
+/// What a panicking connection driver leaves to clean up: reset the socket, release the session,
+/// tell the game server.
+pub fn release_after_panic(core: &Core, s: &Rc<Session>) {
+    bump(&core.counters.panics);
+    tracing::error!(
+        session = s.id,
+        "connection driver panicked; connection reset"
+    );
+    core.abort(s);
+    if !s.has(flag::ENDED) {
+        s.set(flag::ENDED);
+        core.unregister(s);
+        core.upstream.closed(s, 1011);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Contained;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[test]
+    fn a_panicking_task_is_contained_and_its_siblings_run_on() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (released, sibling_done) = rt.block_on(async {
+            let released = Rc::new(Cell::new(false));
+            let r = released.clone();
+            let bad = monoio::spawn(Contained::new(
+                async {
+                    monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    let peer_bytes: &[u8] = &[];
+                    // An out-of-bounds index stands in for any bug a peer might reach.
+                    let _ = peer_bytes[usize::from(peer_bytes.is_empty())];
+                },
+                move || r.set(true),
+            ));
+            let sibling = monoio::spawn(async {
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                true
+            });
+            bad.await;
+            (released.get(), sibling.await)
+        });
+        assert!(released, "on_panic was not called");
+        assert!(sibling_done, "the sibling task did not complete");
     }
 }
