@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use ringgate::upstream::protocol as proto;
 use ringgate::ws::{
-    accept_key, apply_mask, apply_mask_bytewise, encode_client_frame, encode_header,
-    parse_request, Decoder, HandshakeConfig, OpCode, Utf8Validator, MAX_HEADER_LEN,
+    accept_key, apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, parse_request,
+    Decoder, HandshakeConfig, OpCode, Utf8Validator, MAX_HEADER_LEN,
 };
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -105,9 +105,7 @@ fn upstream(c: &mut Criterion) {
     let mut g = c.benchmark_group("upstream_frame");
     g.bench_function("encode_header", |b| {
         let mut out = [0u8; proto::HEADER_LEN];
-        b.iter(|| {
-            proto::encode_header(&mut out, proto::FrameType::Data, 1, black_box(42), 1500)
-        })
+        b.iter(|| proto::encode_header(&mut out, proto::FrameType::Data, 1, black_box(42), 1500))
     });
     for size in [16usize, 1024] {
         let one = proto::data_frame(7, false, &vec![1u8; size]);

@@ -188,7 +188,11 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         user,
         rest: buf,
     }));
-    if core.peers[owner].send_async(msg).await.is_err() {
+    let sent = match core.peers.get(owner) {
+        Some(channel) => channel.send_async(msg).await.is_ok(),
+        None => false,
+    };
+    if !sent {
         tracing::debug!(%peer, owner, "owning core is gone; dropping connection");
     }
 }
