@@ -3,7 +3,9 @@
 #
 #   scripts/interop.sh [browser] [python] [websocat]     # default: all three
 #
-# Starts `ringgate demo --listen 127.0.0.1:0 --workers 2 --admin 127.0.0.1:0` (free ports), waits
+# Starts `ringgate demo --listen 127.0.0.1:0 --workers 2 --admin 127.0.0.1:0 --ping-interval 1s
+# --idle-timeout 5s` (free ports; the short heartbeat lets the suites check in seconds that each
+# client's automatic pongs keep an idle connection open), waits
 # for its stdout lines and for /stats to show every core's upstream link up, runs each client suite
 # under a time limit, stops ringgate with SIGTERM (it must exit 0), and prints `N passed, N failed`
 # as its last line; exits non-zero on any failure. Needs: python3 with `websockets`, chromium,
@@ -14,6 +16,8 @@
 #   RINGGATE_ARGS  extra arguments for `ringgate demo` (e.g. --max-message-size 65536)
 #   MAX_MESSAGE_SIZE  the server's limit the clients test against (default 1048576; set both
 #                  this and --max-message-size in RINGGATE_ARGS to change it)
+#   IDLE_TIMEOUT   seconds; the server gets --ping-interval 1s --idle-timeout ${IDLE_TIMEOUT}s and
+#                  the suites check keepalive against it (default 5; 0: server defaults, no checks)
 #   CHROMIUM, WEBSOCAT, PYTHON  client executables (defaults: on PATH; websocat also
 #                  ${PEERS_HOME:-~/.cache/ringgate-peers}/bin/websocat)
 #   INTEROP_KEEP=1 keep the temporary directory with ringgate's logs
@@ -23,6 +27,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 IDIR=$ROOT/tests/interop
 PYTHON=${PYTHON:-python3}
 MAX_MESSAGE_SIZE=${MAX_MESSAGE_SIZE:-1048576}
+IDLE_TIMEOUT=${IDLE_TIMEOUT:-5}
+HEARTBEAT_ARGS=()
+[[ $IDLE_TIMEOUT != 0 ]] && HEARTBEAT_ARGS=(--ping-interval 1s --idle-timeout "${IDLE_TIMEOUT}s")
 START_TIMEOUT=60     # seconds for ringgate to listen and link its upstreams
 PART_TIMEOUT=180     # seconds for one client suite (each also bounds its own checks)
 STOP_TIMEOUT=20      # seconds for ringgate to exit after SIGTERM
@@ -33,6 +40,7 @@ PARTS=("$@")
 PASSED=0
 FAILED=0
 RG_PID=
+PART_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ringgate-interop.XXXXXX")
 
 pass() { PASSED=$((PASSED + 1)); echo "PASS interop: $*"; }
@@ -61,6 +69,10 @@ stop_ringgate() { # sets RG_STATUS to ringgate's exit status, or "killed"
 }
 
 cleanup() {
+  if [[ -n $PART_PID ]] && kill -0 "$PART_PID" 2>/dev/null; then
+    kill -TERM "$PART_PID" 2>/dev/null   # timeout(1) passes it on to the suite
+    wait "$PART_PID" 2>/dev/null
+  fi
   stop_ringgate
   if [[ ${INTEROP_KEEP:-} == 1 ]]; then
     echo "interop: logs kept in $TMP" >&2
@@ -88,11 +100,12 @@ fi
 # --- start ringgate and wait until it is ready -----------------------------------------------------
 start_ringgate() {
   # shellcheck disable=SC2086  # RINGGATE_ARGS is a list of words on purpose
-  "$RINGGATE_BIN" demo --listen 127.0.0.1:0 --workers 2 --admin 127.0.0.1:0 ${RINGGATE_ARGS:-} \
+  "$RINGGATE_BIN" demo --listen 127.0.0.1:0 --workers 2 --admin 127.0.0.1:0 \
+    ${HEARTBEAT_ARGS[@]+"${HEARTBEAT_ARGS[@]}"} ${RINGGATE_ARGS:-} \
     >"$TMP/ringgate.out" 2>"$TMP/ringgate.err" </dev/null &
   RG_PID=$!
   local deadline=$((SECONDS + START_TIMEOUT))
-  WS_URL= ADMIN_URL=
+  WS_URL='' ADMIN_URL=''
   while ((SECONDS < deadline)); do
     if ! kill -0 "$RG_PID" 2>/dev/null; then
       echo "ringgate exited during startup; stderr:" >&2
@@ -121,7 +134,7 @@ EOF
   return 1
 }
 
-echo "== starting $RINGGATE_BIN demo ${RINGGATE_ARGS:-}"
+echo "== starting $RINGGATE_BIN demo ${HEARTBEAT_ARGS[*]} ${RINGGATE_ARGS:-}"
 t0=$SECONDS
 if ! start_ringgate; then
   fail "ringgate start"
@@ -145,8 +158,14 @@ run_part() { # name command...
   local name=$1; shift
   local log=$TMP/$name.log start=$SECONDS status
   echo "== $name: $*"
-  timeout --kill-after=10 "$PART_TIMEOUT" "$@" 2>"$TMP/$name.stderr" | tee "$log"
-  status=${PIPESTATUS[0]}
+  # In the background and waited for, so that a signal to this script is handled at once (the
+  # trap stops the suite too); its output is shown when it ends.
+  timeout --kill-after=10 "$PART_TIMEOUT" "$@" >"$log" 2>"$TMP/$name.stderr" </dev/null &
+  PART_PID=$!
+  wait "$PART_PID"
+  status=$?
+  PART_PID=
+  cat "$log"
   local last p f
   last=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
   if [[ -n $last ]]; then
@@ -170,18 +189,21 @@ run_part() { # name command...
 for part in "${PARTS[@]}"; do
   case $part in
     browser)
-      run_part browser "$PYTHON" "$IDIR/browser_test.py" "$WS_URL" --max-message-size "$MAX_MESSAGE_SIZE"
+      run_part browser "$PYTHON" "$IDIR/browser_test.py" "$WS_URL" \
+        --max-message-size "$MAX_MESSAGE_SIZE" --idle-timeout "$IDLE_TIMEOUT"
       ;;
     python)
       if "$PYTHON" -c 'import websockets' 2>/dev/null; then
-        run_part python "$PYTHON" "$IDIR/python_client.py" "$WS_URL" --max-message-size "$MAX_MESSAGE_SIZE"
+        run_part python "$PYTHON" "$IDIR/python_client.py" "$WS_URL" \
+          --max-message-size "$MAX_MESSAGE_SIZE" --idle-timeout "$IDLE_TIMEOUT"
       else
         fail "python: the websockets package is not installed (pip install websockets)"
       fi
       ;;
     websocat)
       if WEBSOCAT_BIN=$(find_websocat); then
-        WEBSOCAT=$WEBSOCAT_BIN run_part websocat bash "$IDIR/websocat_test.sh" "$WS_URL"
+        WEBSOCAT=$WEBSOCAT_BIN run_part websocat bash "$IDIR/websocat_test.sh" "$WS_URL" \
+          --admin "$ADMIN_URL" --idle-timeout "$IDLE_TIMEOUT"
       else
         fail "websocat: not found (cargo install websocat --version '^1' --locked)"
       fi

@@ -250,9 +250,10 @@ impl Core {
             .collect()
     }
 
-    /// Queues a message for the client. A client whose queue would pass `max_client_backlog` is not
-    /// reading: it is closed with 1008 rather than allowed to grow memory. A message always fits an
-    /// empty queue, so the bound per client is the larger of the backlog and one message.
+    /// Queues a message for the client. A client whose queue is already past `max_client_backlog`
+    /// when another message comes is not reading: it is closed with 1008 rather than allowed to grow
+    /// memory. So a message of any allowed size always gets through to a reading client (even with a
+    /// ping queued beside it), and a client holds at most the backlog plus one message.
     pub fn send(&self, s: &Rc<Session>, opcode: OpCode, payload: Bytes) {
         if s.has(flag::CLOSE_SENT | flag::BROKEN | flag::ENDED) {
             return;
@@ -260,7 +261,7 @@ impl Core {
         let before = s.queued();
         s.push_frame(opcode, payload);
         bump(&self.counters.messages_out);
-        if before > 0 && s.queued() > self.settings.max_client_backlog {
+        if before > self.settings.max_client_backlog {
             bump(&self.counters.backlog_closes);
             tracing::debug!(
                 session = s.id,
@@ -411,7 +412,9 @@ impl Core {
             }
             return None;
         }
-        let idle_at = s.last_rx.get().saturating_add(st.idle_timeout);
+        // The clock counts whole seconds, so last_rx may be up to a second early: the extra second
+        // keeps a client from being closed before its full idle_timeout.
+        let idle_at = s.last_rx.get().saturating_add(st.idle_timeout + 1);
         if now >= idle_at {
             bump(&self.counters.idle_timeouts);
             tracing::debug!(session = s.id, "idle timeout");
