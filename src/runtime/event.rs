@@ -8,16 +8,26 @@ use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
 /// A one-shot flag many tasks can wait on (shutdown, "no sessions left").
+///
+/// Each waiting future owns a slot and frees it when dropped, so a loop that `select!`s on
+/// `wait()` once per iteration (the accept loop: once per connection) does not pile up wakers.
 #[derive(Default)]
 pub struct Event {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    slots: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Event {
     pub fn set(&self) {
         if !self.set.replace(true) {
-            for w in self.waiters.take() {
+            let wakers: Vec<Waker> = self
+                .slots
+                .borrow_mut()
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            for w in wakers {
                 w.wake();
             }
         }
@@ -27,19 +37,68 @@ impl Event {
         self.set.get()
     }
 
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.get() {
-                Poll::Ready(())
-            } else {
-                let mut waiters = self.waiters.borrow_mut();
-                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    waiters.push(cx.waker().clone());
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            event: self,
+            slot: None,
+        }
+    }
+
+    /// Slots in use: what the waiting futures alive right now hold (a test checks it stays small).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.slots.borrow().len() - self.free.borrow().len()
+    }
+}
+
+/// The future of [`Event::wait`].
+pub struct Wait<'a> {
+    event: &'a Event,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let ev = self.event;
+        if ev.set.get() {
+            return Poll::Ready(());
+        }
+        let mut slots = ev.slots.borrow_mut();
+        match self.slot {
+            Some(i) => {
+                if let Some(s) = slots.get_mut(i) {
+                    *s = Some(cx.waker().clone());
                 }
-                Poll::Pending
             }
-        })
-        .await
+            None => {
+                let i = match ev.free.borrow_mut().pop() {
+                    Some(i) => i,
+                    None => {
+                        slots.push(None);
+                        slots.len() - 1
+                    }
+                };
+                if let Some(s) = slots.get_mut(i) {
+                    *s = Some(cx.waker().clone());
+                }
+                drop(slots);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot.take() {
+            if let Some(s) = self.event.slots.borrow_mut().get_mut(i) {
+                *s = None;
+            }
+            self.event.free.borrow_mut().push(i);
+        }
     }
 }
 
@@ -125,5 +184,45 @@ impl Countdown {
         if left == 0 {
             self.done.set();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+
+    #[test]
+    fn dropped_waits_free_their_slot() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let event = std::rc::Rc::new(Event::default());
+        rt.block_on(async {
+            // The accept loop's pattern: a fresh wait raced against something else, many times.
+            for _ in 0..1_000 {
+                monoio::select! {
+                    _ = event.wait() => unreachable!(),
+                    _ = monoio::time::sleep(std::time::Duration::from_nanos(1)) => {},
+                }
+            }
+        });
+        assert_eq!(event.waiting(), 0, "dropped waits kept their wakers");
+        assert!(event.slots.borrow().len() <= 2);
+        // And a wait still works.
+        let e = event.clone();
+        let done = rt.block_on(async move {
+            let waiter = monoio::spawn({
+                let e = e.clone();
+                async move {
+                    e.wait().await;
+                    true
+                }
+            });
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            e.set();
+            waiter.await
+        });
+        assert!(done);
     }
 }
