@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The standard load suite, run with the same harness, clients and machine against ringgate and its
+# peers (../shared/peers: nginx as a WebSocket proxy, and the Go gorilla/websocket gateway), in one
+# run, and a comparison table. Results and the raw JSON land in $BENCH_OUT.
+#
+#   scripts/bench.sh                  all targets, all scenarios (about 5 minutes)
+#   scripts/bench.sh ringgate nginx   some targets
+#
+# Env: BENCH_SECONDS (measured window per scenario, default 10), BENCH_OUT (default a new
+#      /tmp/ringgate-bench.XXXXXX), PEERS_DIR (default <repo>/../shared/peers).
+# Scenarios: echo 200 clients x 64 B at depth 1 and 8; echo 2000 clients x 1 KiB; 9000 idle clients
+# (on a freshly started target); a handshake storm (64 workers connecting, upgrading, closing).
+# Loopback only; every run is bounded by its duration. Needs no root.
+set -euo pipefail
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+cd "$root"
+PEERS_DIR=${PEERS_DIR:-$root/../shared/peers}
+SECS=${BENCH_SECONDS:-10}
+OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringgate-bench.XXXXXX)}
+mkdir -p "$OUT"
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(ringgate nginx gogw)
+
+echo "bench: building (release)"
+cargo build --release --quiet -p ringgate -p ringgate-load
+RG=$root/target/release/ringgate
+LOAD=$root/target/release/ringgate-load
+if printf '%s\n' "${TARGETS[@]}" | grep -qv '^ringgate$'; then
+  [ -x "$PEERS_DIR/setup.sh" ] || { echo "bench: no peers at $PEERS_DIR" >&2; exit 2; }
+  echo "bench: setting up the peers (idempotent)"
+  "$PEERS_DIR/setup.sh" >"$OUT/peers-setup.log" 2>&1
+fi
+
+RG_PIDS=()
+cleanup() {
+  for p in "${RG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -x "$PEERS_DIR/stop.sh" ] && "$PEERS_DIR/stop.sh" all >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# Reads the first stdout line of a background process (bounded wait).
+first_line() { # fifo
+  local line
+  IFS= read -r -t 30 line <"$1" || { echo "bench: no start-up line" >&2; return 1; }
+  echo "$line"
+}
+
+URL= PIDS=
+start_target() { # name
+  case $1 in
+    ringgate)
+      local up_fifo rg_fifo
+      up_fifo=$(mktemp -u "$OUT/up.XXXX"); rg_fifo=$(mktemp -u "$OUT/rg.XXXX")
+      mkfifo "$up_fifo" "$rg_fifo"
+      "$RG" echo-upstream --listen 127.0.0.1:0 --workers 1 >"$up_fifo" 2>>"$OUT/echo-upstream.log" &
+      RG_PIDS+=($!)
+      exec 7<>"$up_fifo"
+      local up; up=$(first_line /dev/fd/7 | awk '{print $NF}')
+      "$RG" run --listen 127.0.0.1:0 --workers 2 --upstream "$up" \
+        --ping-interval 1h --idle-timeout 2h >"$rg_fifo" 2>>"$OUT/ringgate.log" &
+      local pid=$!; RG_PIDS+=($pid)
+      exec 8<>"$rg_fifo"
+      URL=$(first_line /dev/fd/8 | grep -o 'ws://[^ ]*')
+      PIDS=$pid ;;
+    *)
+      eval "$("$PEERS_DIR/start.sh" "$1")"
+      PIDS=$PROXY_PIDS ;;
+  esac
+}
+
+stop_target() { # name
+  case $1 in
+    ringgate)
+      for p in "${RG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+      for p in "${RG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+      RG_PIDS=()
+      exec 7<&- 8<&- ;;
+    *) "$PEERS_DIR/stop.sh" "$1" >/dev/null ;;
+  esac
+}
+
+load() { # target scenario args...
+  local t=$1 s=$2; shift 2
+  echo "bench: $t / $s"
+  "$LOAD" "$@" --url "$URL" --query 'user={i}' --pid "$PIDS" --quiet \
+    --json "$OUT/$t-$s.json" >"$OUT/$t-$s.txt" 2>&1 || echo "bench: $t / $s exited non-zero (see $OUT/$t-$s.txt)"
+}
+
+for t in "${TARGETS[@]}"; do
+  start_target "$t"
+  load "$t" echo64-d1 echo --conns 200 --size 64 --depth 1 --duration "$SECS"
+  load "$t" echo64-d8 echo --conns 200 --size 64 --depth 8 --duration "$SECS"
+  load "$t" echo1k-2000 echo --conns 2000 --size 1024 --depth 1 --duration "$SECS"
+  load "$t" handshake handshake --workers 64 --duration "$SECS"
+  stop_target "$t"
+  # Idle memory on a freshly started process: allocators keep what earlier scenarios freed.
+  start_target "$t"
+  load "$t" idle9000 idle --conns 9000 --hold 3
+  stop_target "$t"
+done
+
+python3 - "$OUT" "${TARGETS[@]}" <<'PY' | tee "$OUT/summary.md"
+import json, os, sys
+out, targets = sys.argv[1], sys.argv[2:]
+def get(t, s, *path):
+    try:
+        v = json.load(open(os.path.join(out, f"{t}-{s}.json")))
+        for p in path:
+            v = v[p]
+        return v
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+rows = [
+    ("round trips/s, 200 x 64 B, depth 1", "echo64-d1", ("window", "round_trips_per_sec"), True),
+    ("p99 latency (us), 200 x 64 B, depth 1", "echo64-d1", ("latency_us", "p99"), False),
+    ("proxy CPU us per round trip, 200 x 64 B, depth 1", "echo64-d1", ("cpu", "target_us_per_op"), False),
+    ("round trips/s, 200 x 64 B, depth 8", "echo64-d8", ("window", "round_trips_per_sec"), True),
+    ("p99 latency (us), 200 x 64 B, depth 8", "echo64-d8", ("latency_us", "p99"), False),
+    ("proxy CPU us per round trip, 200 x 64 B, depth 8", "echo64-d8", ("cpu", "target_us_per_op"), False),
+    ("round trips/s, 2000 x 1 KiB", "echo1k-2000", ("window", "round_trips_per_sec"), True),
+    ("p99 latency (us), 2000 x 1 KiB", "echo1k-2000", ("latency_us", "p99"), False),
+    ("proxy CPU us per round trip, 2000 x 1 KiB", "echo1k-2000", ("cpu", "target_us_per_op"), False),
+    ("resident bytes per idle connection, 9000 idle", "idle9000", ("memory", "bytes_per_connection"), False),
+    ("handshakes/s, 64 workers", "handshake", ("window", "connects_per_sec"), True),
+    ("p99 handshake latency (us)", "handshake", ("handshake_latency_us", "p99"), False),
+    ("errors (all scenarios)", None, None, False),
+]
+def fmt(v):
+    if v is None: return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+head = "| scenario | " + " | ".join(targets)
+others = [t for t in targets if t != "ringgate"]
+if "ringgate" in targets and others:
+    head += " | " + " | ".join(f"ringgate vs {t}" for t in others)
+print(head + " |")
+print("|" + " --- |" * (1 + len(targets) + (len(others) if "ringgate" in targets else 0)))
+scen = ["echo64-d1", "echo64-d8", "echo1k-2000", "handshake", "idle9000"]
+for label, s, path, higher_better in rows:
+    if s is None:
+        vals = [sum((get(t, x, "errors_total") or 0) for x in scen) for t in targets]
+    else:
+        vals = [get(t, s, *path) for t in targets]
+    line = f"| {label} | " + " | ".join(fmt(v) for v in vals)
+    if "ringgate" in targets and others:
+        rg = vals[targets.index("ringgate")]
+        ratios = []
+        for t in others:
+            v = vals[targets.index(t)]
+            if s is None or rg is None or v in (None, 0) or rg == 0:
+                ratios.append("")
+            else:
+                ratios.append(f"{rg / v:.2f}x")
+        line += " | " + " | ".join(ratios)
+    print(line + " |")
+PY
+echo "bench: results in $OUT"
