@@ -1,0 +1,125 @@
+//! `ws::Decoder::decode` driven like the runtime drives it, on arbitrary bytes.
+//!
+//! Input layout: byte 0 picks `max_message_size` (`8 * byte`, so 0..=2040: small, so the limit
+//! is hit often), bytes 1-2 seed the read-size and buffer-migration choices, the rest is the
+//! client's byte stream. The seeds in corpus/frame_decoder/ follow this layout.
+//!
+//! The stream is decoded three ways: in one read, one byte per read, and in reads of
+//! pseudo-random sizes with the unconsumed bytes sometimes moved to a fresh `BytesMut` before a
+//! call (the runtime may do that). All three must give the same messages and the same error.
+//! Every message must obey RFC 6455: text is UTF-8, control payloads are at most 125 bytes, data
+//! messages at most `max_message_size`, close codes are valid and reasons UTF-8. After
+//! `Ok(None)` in the middle of a frame, `frame_remaining()` plus the buffered payload is the
+//! frame's length, which passed the size checks.
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use ringgate::ws::{is_valid_close_code, Decoder, Message, ProtocolError};
+
+type Outcome = (Vec<Message>, Option<ProtocolError>);
+
+/// xorshift32: the read sizes and migrations, decided by the input but independent of the
+/// stream bytes so that a mutation of the stream keeps the same read pattern.
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+}
+
+fn check(message: &Message, max: usize) {
+    match message {
+        Message::Text(p) => {
+            assert!(std::str::from_utf8(p).is_ok(), "text is not UTF-8");
+            assert!(p.len() <= max, "text of {} > {max}", p.len());
+        }
+        Message::Binary(p) => assert!(p.len() <= max, "binary of {} > {max}", p.len()),
+        Message::Ping(p) | Message::Pong(p) => assert!(p.len() <= 125),
+        Message::Close(Some(close)) => {
+            assert!(is_valid_close_code(close.code), "close code {}", close.code);
+            assert!(std::str::from_utf8(&close.reason).is_ok());
+            assert!(close.reason.len() <= 123);
+        }
+        Message::Close(None) => {}
+    }
+}
+
+/// Feeds `stream` in reads of `size()` bytes, decoding until `Ok(None)` or an error after each.
+fn drive(
+    stream: &[u8],
+    max: usize,
+    mut size: impl FnMut() -> usize,
+    mut migrate: impl FnMut() -> bool,
+) -> Outcome {
+    let mut decoder = Decoder::new();
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let n = size().clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            if migrate() {
+                buf = BytesMut::from(&buf[..]);
+            }
+            match decoder.decode(&mut buf, max) {
+                Ok(Some(message)) => {
+                    check(&message, max);
+                    messages.push(message);
+                }
+                Ok(None) => {
+                    if let Some(remaining) = decoder.frame_remaining() {
+                        // The frame's payload is what is buffered plus what is missing.
+                        assert!(remaining >= 1, "a complete frame was left undecoded");
+                        assert!(
+                            buf.len() + remaining <= max.max(125),
+                            "frame of {} + {remaining} bytes passed the size checks",
+                            buf.len()
+                        );
+                    }
+                    break;
+                }
+                Err(err) => {
+                    let code = err.close_code();
+                    assert!(matches!(code, 1002 | 1007 | 1009));
+                    return (messages, Some(err));
+                }
+            }
+        }
+    }
+    (messages, None)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&[m, s0, s1], stream)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let max = usize::from(m) * 8;
+
+    let whole = drive(stream, max, || usize::MAX, || false);
+    let bytewise = drive(stream, max, || 1, || false);
+    assert_eq!(bytewise, whole, "one byte per read differs from one read");
+
+    let mut rng = Rng(u32::from(s0) << 8 | u32::from(s1) | 0x1_0000);
+    let mut rng2 = Rng(u32::from(s1) << 16 | u32::from(s0) | 0x100);
+    let random = drive(
+        stream,
+        max,
+        || match rng.next() % 4 {
+            0 => 1,
+            1 => 1 + (rng.next() % 16) as usize,
+            2 => 1 + (rng.next() % 256) as usize,
+            _ => 1 + (rng.next() % 4096) as usize,
+        },
+        || rng2.next() % 3 == 0,
+    );
+    assert_eq!(random, whole, "random reads differ from one read");
+});

@@ -1,0 +1,196 @@
+//! `upstream::protocol::decode` driven like a link's read loop, on arbitrary bytes.
+//!
+//! Input layout: byte 0 picks the maximum frame size (`8 * byte`, so 0..=2040), bytes 1-2 seed
+//! the read-size and buffer-migration choices, the rest is the byte stream from the peer. The
+//! seeds in corpus/upstream_decoder/ follow this layout.
+//!
+//! The stream is decoded in one read, one byte per read, and in reads of pseudo-random sizes
+//! (sometimes moving the unconsumed bytes to a fresh `BytesMut`); all three must give the same
+//! frames and the same error, and `Ok(None)` must consume nothing. Every frame returned must
+//! re-encode with the module's encoders to bytes that decode to the same frame (a CLOSE reason
+//! longer than 123 bytes comes back cut at a char boundary, as documented), and no frame may be
+//! longer than the maximum.
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use ringgate::upstream::protocol::{
+    self as up, DecodeError, Frame, OpenInfo, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
+};
+
+type Outcome = (Vec<Frame>, Option<DecodeError>);
+
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+}
+
+fn encode(frame: &Frame) -> bytes::Bytes {
+    match frame {
+        Frame::Hello {
+            version,
+            core,
+            workers,
+            instance,
+        } => up::hello_with_version(*version, *core, *workers, instance),
+        Frame::HelloAck { version, server } => up::hello_ack(*version, server),
+        Frame::LinkError { code, message } => up::link_error(*code, message),
+        Frame::Ping(token) => up::ping(*token),
+        Frame::Pong(token) => up::pong(*token),
+        Frame::GoAway { code, reason } => up::goaway(*code, reason),
+        Frame::Open { session, open } => {
+            let headers: Vec<(&str, &[u8])> = open
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), &value[..]))
+                .collect();
+            let info = OpenInfo {
+                user: &open.user,
+                client_addr: &open.client_addr,
+                target: &open.target,
+                headers: &headers,
+            };
+            // Decoded fields came through the same length prefixes, so they fit.
+            up::open(*session, &info).expect("a decoded OPEN re-encodes")
+        }
+        Frame::Refuse {
+            session,
+            code,
+            reason,
+        } => up::refuse(*session, *code, reason),
+        Frame::Data {
+            session,
+            text,
+            payload,
+        } => {
+            let bytes = up::data_frame(*session, *text, payload);
+            // The proxy's vectored form: header then payload, same bytes.
+            let mut header = [0u8; HEADER_LEN];
+            let flags = if *text { FLAG_TEXT } else { 0 };
+            up::encode_header(
+                &mut header,
+                up::FrameType::Data,
+                flags,
+                *session,
+                payload.len(),
+            );
+            assert_eq!(&bytes[..HEADER_LEN], &header[..]);
+            assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
+            bytes
+        }
+        Frame::Close {
+            session,
+            code,
+            reason,
+        } => up::close(*session, *code, reason),
+    }
+}
+
+fn check(frame: &Frame, max: usize) {
+    let bytes = encode(frame);
+    let length = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert_eq!(length + 4, bytes.len());
+    assert_eq!(bytes[4], frame.frame_type() as u8);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let again = up::decode(&mut buf, usize::MAX)
+        .expect("re-encoded frame decodes")
+        .expect("re-encoded frame is complete");
+    assert!(
+        buf.is_empty(),
+        "re-encoded frame has {} extra bytes",
+        buf.len()
+    );
+    match (frame, &again) {
+        (
+            Frame::Close {
+                session,
+                code,
+                reason,
+            },
+            Frame::Close {
+                session: s2,
+                code: c2,
+                reason: r2,
+            },
+        ) if reason.len() > MAX_CLOSE_REASON => {
+            assert_eq!((session, code), (s2, c2));
+            assert!(r2.len() <= MAX_CLOSE_REASON && reason.starts_with(r2.as_str()));
+        }
+        _ => {
+            assert_eq!(&again, frame);
+            // The original frame was at most `max` long, so its re-encoding is too.
+            assert!(length <= max, "frame of length {length} > {max}");
+        }
+    }
+}
+
+fn drive(
+    stream: &[u8],
+    max: usize,
+    mut size: impl FnMut() -> usize,
+    mut migrate: impl FnMut() -> bool,
+) -> Outcome {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let n = size().clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            if migrate() {
+                buf = BytesMut::from(&buf[..]);
+            }
+            let before = buf.clone();
+            match up::decode(&mut buf, max) {
+                Ok(Some(frame)) => {
+                    check(&frame, max);
+                    frames.push(frame);
+                }
+                Ok(None) => {
+                    assert_eq!(buf, before, "Ok(None) consumed bytes");
+                    break;
+                }
+                Err(err) => {
+                    assert!(matches!(err.link_error_code(), 2 | 4));
+                    return (frames, Some(err));
+                }
+            }
+        }
+    }
+    (frames, None)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&[m, s0, s1], stream)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let max = usize::from(m) * 8;
+
+    let whole = drive(stream, max, || usize::MAX, || false);
+    let bytewise = drive(stream, max, || 1, || false);
+    assert_eq!(bytewise, whole, "one byte per read differs from one read");
+
+    let mut rng = Rng(u32::from(s0) << 8 | u32::from(s1) | 0x1_0000);
+    let mut rng2 = Rng(u32::from(s1) << 16 | u32::from(s0) | 0x100);
+    let random = drive(
+        stream,
+        max,
+        || match rng.next() % 4 {
+            0 => 1,
+            1 => 1 + (rng.next() % 16) as usize,
+            2 => 1 + (rng.next() % 256) as usize,
+            _ => 1 + (rng.next() % 4096) as usize,
+        },
+        || rng2.next() % 3 == 0,
+    );
+    assert_eq!(random, whole, "random reads differ from one read");
+});
