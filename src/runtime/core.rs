@@ -71,12 +71,24 @@ pub struct Counters {
     pub idle_timeouts: Cell<u64>,
     pub backlog_closes: Cell<u64>,
     pub close_timeouts: Cell<u64>,
-    /// Connection drivers that panicked (each one reset its connection only).
+    /// Connection tasks (handshakes and drivers) that panicked; each ended its connection only.
     pub panics: Cell<u64>,
-    /// Connections accepted with the reserve descriptor and turned away while out of descriptors.
+    /// Connections answered 503 at once: at the connection cap, or out of descriptors (accepted with
+    /// the reserve descriptor).
     pub shed: Cell<u64>,
     /// Times a client's driver waited for a congested upstream link.
     pub paused: Cell<u64>,
+}
+
+/// A message going into a queue whose socket is blocked may wait there long: copy it out of the
+/// buffer it was read into, so that it holds only its own bytes, not the (shared, larger) buffer.
+/// Messages to sockets that are writing go as they are: the fast path stays zero-copy.
+pub fn detach_if_parked(parked: bool, payload: Bytes) -> Bytes {
+    if parked && !payload.is_empty() {
+        Bytes::copy_from_slice(&payload)
+    } else {
+        payload
+    }
 }
 
 pub fn bump(c: &Cell<u64>) {
@@ -88,8 +100,9 @@ struct Slot {
     session: Option<Rc<Session>>,
 }
 
-/// Hashed timer wheel of one-second ticks. Each live session has exactly one entry; entries of
-/// sessions that ended are skipped when their slot comes round (their key no longer matches).
+/// Hashed timer wheel of one-second ticks. Each live session has an entry for its next heartbeat
+/// (and, while closing, one for its close deadline); entries of sessions that ended are skipped when
+/// their slot comes round (their key no longer matches).
 struct Wheel {
     slots: Vec<Vec<(SessionKey, u32)>>,
 }
@@ -179,11 +192,15 @@ impl Core {
         self.live.get()
     }
 
-    /// Takes the core's read buffer for one synchronous pass, with at least `READ_BUF` of room.
+    /// Takes the core's read buffer for one synchronous pass. Successive reads fill the same
+    /// allocation until less than a quarter of it is left, so the messages split off it share one
+    /// allocation instead of each pinning a buffer of their own while they wait in a queue.
     pub fn take_read_buf(&self) -> bytes::BytesMut {
         let mut buf = std::mem::take(&mut *self.read_buf.borrow_mut());
-        // Reclaims the allocation when every slice handed out earlier is gone; otherwise allocates.
-        buf.reserve(READ_BUF);
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
+            // Reclaims the allocation when every slice handed out earlier is gone; otherwise allocates.
+            buf.reserve(READ_BUF);
+        }
         buf
     }
 
@@ -259,7 +276,7 @@ impl Core {
             return;
         }
         let before = s.queued();
-        s.push_frame(opcode, payload);
+        s.push_frame(opcode, detach_if_parked(s.has(flag::WRITER), payload));
         bump(&self.counters.messages_out);
         if before > self.settings.max_client_backlog {
             bump(&self.counters.backlog_closes);
@@ -476,3 +493,28 @@ async fn writer(core: Rc<Core>, s: Rc<Session>) {
 
 /// A queue of pending handoffs is bounded by the channel; this is its size per core.
 pub const CONTROL_QUEUE: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::detach_if_parked;
+    use bytes::Bytes;
+
+    #[test]
+    fn only_parked_messages_are_copied_out_of_their_buffer() {
+        let buffer = Bytes::from(vec![7u8; 65536]);
+        let message = buffer.slice(100..164);
+        let fast = detach_if_parked(false, message.clone());
+        assert_eq!(
+            fast.as_ptr(),
+            message.as_ptr(),
+            "a message to a writing socket was copied"
+        );
+        let parked = detach_if_parked(true, message.clone());
+        assert_eq!(parked, message);
+        let inside = buffer.as_ptr_range();
+        assert!(
+            !inside.contains(&parked.as_ptr()),
+            "a parked message still pins its read buffer"
+        );
+    }
+}

@@ -23,7 +23,7 @@ pub(crate) mod outq;
 mod session;
 pub(crate) mod sys;
 
-pub use self::core::{Core, Settings};
+pub use self::core::{detach_if_parked, Core, Settings};
 pub use self::event::{Gate, Notify};
 pub use self::outq::{Flush, OutQueue};
 pub use self::session::{flag, Session, SessionKey};

@@ -16,7 +16,9 @@ use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use crate::runtime::event::Countdown;
-use crate::runtime::{flag, sys, Core, Flush, Gate, Notify, OutQueue, ReadOutcome, Session};
+use crate::runtime::{
+    detach_if_parked, flag, sys, Core, Flush, Gate, Notify, OutQueue, ReadOutcome, Session,
+};
 use crate::upstream::protocol::{self as proto, Frame, FrameType};
 use crate::upstream::LinkSettings;
 use crate::ws::{is_valid_close_code, OpCode};
@@ -76,6 +78,8 @@ pub struct Link {
     wake_writer: Notify,
     /// Shut while the queue is over `link_backlog`; client drivers wait at it.
     pub gate: Rc<Gate>,
+    /// The socket is full and the writer waits: what is queued now may wait a while.
+    blocked: Cell<bool>,
     sessions: RefCell<HashMap<u64, Rc<Session>>>,
     last_rx: Cell<Instant>,
     goaway: RefCell<Option<(u16, String)>>,
@@ -95,6 +99,7 @@ impl Link {
             out: RefCell::new(OutQueue::default()),
             wake_writer: Notify::default(),
             gate: Rc::new(Gate::default()),
+            blocked: Cell::new(false),
             sessions: RefCell::new(HashMap::new()),
             last_rx: Cell::new(Instant::now()),
             goaway: RefCell::new(None),
@@ -152,6 +157,7 @@ impl Link {
         let mut head = [0u8; proto::HEADER_LEN];
         let flags = if text { proto::FLAG_TEXT } else { 0 };
         proto::encode_header(&mut head, FrameType::Data, flags, s.id, payload.len());
+        let payload = detach_if_parked(self.blocked.get(), payload);
         self.out.borrow_mut().push(&head, payload);
         self.after_push();
     }
@@ -430,6 +436,7 @@ impl Link {
             sys::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR);
         }
         self.out.borrow_mut().clear();
+        self.blocked.set(false);
         let (code, reason) = self
             .goaway
             .borrow_mut()
@@ -461,10 +468,12 @@ impl Link {
                 let result = self.out.borrow_mut().flush(stream.as_raw_fd());
                 match result {
                     Ok(Flush::Done) => {
+                        self.blocked.set(false);
                         self.gate.open();
                         break;
                     }
                     Ok(Flush::Blocked) => {
+                        self.blocked.set(true);
                         if self.out.borrow().queued() <= self.settings.backlog / 2 {
                             self.gate.open();
                         }
