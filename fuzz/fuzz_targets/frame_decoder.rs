@@ -15,24 +15,12 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "splits.rs"]
+mod splits;
 use ringgate::ws::{is_valid_close_code, Decoder, Message, ProtocolError};
 
 type Outcome = (Vec<Message>, Option<ProtocolError>);
-
-/// xorshift32: the read sizes and migrations, decided by the input but independent of the
-/// stream bytes so that a mutation of the stream keeps the same read pattern.
-struct Rng(u32);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.0 = x;
-        x
-    }
-}
 
 fn check(message: &Message, max: usize) {
     match message {
@@ -55,8 +43,8 @@ fn check(message: &Message, max: usize) {
 fn drive(
     stream: &[u8],
     max: usize,
-    mut size: impl FnMut() -> usize,
-    mut migrate: impl FnMut() -> bool,
+    size: &mut dyn FnMut() -> usize,
+    migrate: &mut dyn FnMut() -> bool,
 ) -> Outcome {
     let mut decoder = Decoder::new();
     let mut buf = BytesMut::new();
@@ -98,28 +86,4 @@ fn drive(
     (messages, None)
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&[m, s0, s1], stream)) = data.split_first_chunk::<3>() else {
-        return;
-    };
-    let max = usize::from(m) * 8;
-
-    let whole = drive(stream, max, || usize::MAX, || false);
-    let bytewise = drive(stream, max, || 1, || false);
-    assert_eq!(bytewise, whole, "one byte per read differs from one read");
-
-    let mut rng = Rng(u32::from(s0) << 8 | u32::from(s1) | 0x1_0000);
-    let mut rng2 = Rng(u32::from(s1) << 16 | u32::from(s0) | 0x100);
-    let random = drive(
-        stream,
-        max,
-        || match rng.next() % 4 {
-            0 => 1,
-            1 => 1 + (rng.next() % 16) as usize,
-            2 => 1 + (rng.next() % 256) as usize,
-            _ => 1 + (rng.next() % 4096) as usize,
-        },
-        || rng2.next() % 3 == 0,
-    );
-    assert_eq!(random, whole, "random reads differ from one read");
-});
+fuzz_target!(|data: &[u8]| splits::check(data, drive));
