@@ -326,3 +326,22 @@ fn past_a_cap_set_above_the_fd_limit_the_reserve_descriptor_still_sheds() {
     drop(clients);
     assert_recovered(&server, baseline);
 }
+
+#[test]
+fn invalid_close_payloads_fail_with_their_code_and_nothing_lingers() {
+    let server = Server::start(&[]);
+    let baseline = fd_count(&server);
+    let cases: [(Vec<u8>, u16); 5] = [
+        (vec![0x03], 1002),                       // one byte: no room for a code
+        (close_payload(999, b""), 1002),          // below the valid range
+        (close_payload(1005, b""), 1002),         // reserved: never on the wire
+        (close_payload(5000, b""), 1002),         // above the valid range
+        (close_payload(1000, b"\xff\xfe"), 1007), // reason not UTF-8
+    ];
+    for (payload, code) in cases {
+        let mut s = raw_upgrade(server.addr(), &[]);
+        send_frame(&mut s, true, 0, OP_CLOSE, &payload, true);
+        expect_fail(&mut s, code);
+    }
+    assert_recovered(&server, baseline);
+}
