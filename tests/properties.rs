@@ -18,7 +18,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use ringgate::upstream::protocol::{
-    self as up, DecodeError, Frame, Open, OpenInfo, HEADER_LEN, MAX_CLOSE_REASON,
+    self as up, DecodeError, Frame, Open, HEADER_LEN, MAX_CLOSE_REASON,
 };
 use ringgate::ws::{self, close_payload, CloseFrame, Decoder, Message, ProtocolError};
 
@@ -556,48 +556,9 @@ fn frame() -> impl Strategy<Value = Frame> {
 
 /// The frame's bytes, built with the module's encoders.
 fn encode(frame: &Frame) -> Bytes {
-    match frame {
-        Frame::Hello {
-            version,
-            core,
-            workers,
-            instance,
-        } => up::hello_with_version(*version, *core, *workers, instance),
-        Frame::HelloAck { version, server } => up::hello_ack(*version, server),
-        Frame::LinkError { code, message } => up::link_error(*code, message),
-        Frame::Ping(token) => up::ping(*token),
-        Frame::Pong(token) => up::pong(*token),
-        Frame::GoAway { code, reason } => up::goaway(*code, reason),
-        Frame::Open { session, open } => {
-            let headers: Vec<(&str, &[u8])> = open
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), &value[..]))
-                .collect();
-            let info = OpenInfo {
-                user: &open.user,
-                client_addr: &open.client_addr,
-                target: &open.target,
-                headers: &headers,
-            };
-            up::open(*session, &info).expect("generated OPEN fields fit their prefixes")
-        }
-        Frame::Refuse {
-            session,
-            code,
-            reason,
-        } => up::refuse(*session, *code, reason),
-        Frame::Data {
-            session,
-            text,
-            payload,
-        } => up::data_frame(*session, *text, payload),
-        Frame::Close {
-            session,
-            code,
-            reason,
-        } => up::close(*session, *code, reason),
-    }
+    frame
+        .encode()
+        .expect("generated OPEN fields fit their prefixes")
 }
 
 proptest! {

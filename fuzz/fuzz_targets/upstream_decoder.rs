@@ -18,70 +18,28 @@ use libfuzzer_sys::fuzz_target;
 #[path = "splits.rs"]
 mod splits;
 use ringgate::upstream::protocol::{
-    self as up, DecodeError, Frame, OpenInfo, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
+    self as up, DecodeError, Frame, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
 };
 
 type Outcome = (Vec<Frame>, Option<DecodeError>);
 
 fn encode(frame: &Frame) -> bytes::Bytes {
-    match frame {
-        Frame::Hello {
-            version,
-            core,
-            workers,
-            instance,
-        } => up::hello_with_version(*version, *core, *workers, instance),
-        Frame::HelloAck { version, server } => up::hello_ack(*version, server),
-        Frame::LinkError { code, message } => up::link_error(*code, message),
-        Frame::Ping(token) => up::ping(*token),
-        Frame::Pong(token) => up::pong(*token),
-        Frame::GoAway { code, reason } => up::goaway(*code, reason),
-        Frame::Open { session, open } => {
-            let headers: Vec<(&str, &[u8])> = open
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), &value[..]))
-                .collect();
-            let info = OpenInfo {
-                user: &open.user,
-                client_addr: &open.client_addr,
-                target: &open.target,
-                headers: &headers,
-            };
-            // Decoded fields came through the same length prefixes, so they fit.
-            up::open(*session, &info).expect("a decoded OPEN re-encodes")
-        }
-        Frame::Refuse {
-            session,
-            code,
-            reason,
-        } => up::refuse(*session, *code, reason),
-        Frame::Data {
-            session,
-            text,
-            payload,
-        } => {
-            let bytes = up::data_frame(*session, *text, payload);
-            // The proxy's vectored form: header then payload, same bytes.
-            let mut header = [0u8; HEADER_LEN];
-            let flags = if *text { FLAG_TEXT } else { 0 };
-            up::encode_header(
-                &mut header,
-                up::FrameType::Data,
-                flags,
-                *session,
-                payload.len(),
-            );
-            assert_eq!(&bytes[..HEADER_LEN], &header[..]);
-            assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
-            bytes
-        }
-        Frame::Close {
-            session,
-            code,
-            reason,
-        } => up::close(*session, *code, reason),
+    // Decoded fields came through the same length prefixes, so they fit.
+    let bytes = frame.encode().expect("a decoded OPEN re-encodes");
+    if let Frame::Data {
+        session,
+        text,
+        payload,
+    } = frame
+    {
+        // The proxy's vectored form: header then payload, same bytes.
+        let mut header = [0u8; HEADER_LEN];
+        let flags = if *text { FLAG_TEXT } else { 0 };
+        up::encode_header(&mut header, up::FrameType::Data, flags, *session, payload.len());
+        assert_eq!(&bytes[..HEADER_LEN], &header[..]);
+        assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
     }
+    bytes
 }
 
 fn check(frame: &Frame, max: usize) {

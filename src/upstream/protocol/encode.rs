@@ -124,6 +124,56 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     s.get(..end).unwrap_or_default()
 }
 
+impl super::Frame {
+    /// The frame's bytes, as a peer would send them. Fails only for an OPEN whose fields do not fit
+    /// their length prefixes (a decoded OPEN always fits). A CLOSE reason over 123 bytes is cut.
+    pub fn encode(&self) -> Result<Bytes, super::EncodeError> {
+        use super::Frame;
+        Ok(match self {
+            Frame::Hello {
+                version,
+                core,
+                workers,
+                instance,
+            } => hello_with_version(*version, *core, *workers, instance),
+            Frame::HelloAck { version, server } => hello_ack(*version, server),
+            Frame::LinkError { code, message } => link_error(*code, message),
+            Frame::Ping(token) => ping(*token),
+            Frame::Pong(token) => pong(*token),
+            Frame::GoAway { code, reason } => goaway(*code, reason),
+            Frame::Open { session, open } => {
+                let headers: Vec<(&str, &[u8])> = open
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), &value[..]))
+                    .collect();
+                let info = super::OpenInfo {
+                    user: &open.user,
+                    client_addr: &open.client_addr,
+                    target: &open.target,
+                    headers: &headers,
+                };
+                super::open(*session, &info)?
+            }
+            Frame::Refuse {
+                session,
+                code,
+                reason,
+            } => refuse(*session, *code, reason),
+            Frame::Data {
+                session,
+                text,
+                payload,
+            } => data_frame(*session, *text, payload),
+            Frame::Close {
+                session,
+                code,
+                reason,
+            } => close(*session, *code, reason),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

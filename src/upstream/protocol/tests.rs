@@ -141,48 +141,9 @@ fn doc_example_close() {
 
 /// Encodes `frame` with the public encoders, the way a peer would.
 fn encode(frame: &Frame) -> Bytes {
-    match frame {
-        Frame::Hello {
-            version,
-            core,
-            workers,
-            instance,
-        } => hello_with_version(*version, *core, *workers, instance),
-        Frame::HelloAck { version, server } => hello_ack(*version, server),
-        Frame::LinkError { code, message } => link_error(*code, message),
-        Frame::Ping(token) => ping(*token),
-        Frame::Pong(token) => pong(*token),
-        Frame::GoAway { code, reason } => goaway(*code, reason),
-        Frame::Open { session, open: o } => {
-            let headers: Vec<(&str, &[u8])> = o
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_ref()))
-                .collect();
-            let info = OpenInfo {
-                user: &o.user,
-                client_addr: &o.client_addr,
-                target: &o.target,
-                headers: &headers,
-            };
-            open(*session, &info).unwrap()
-        }
-        Frame::Refuse {
-            session,
-            code,
-            reason,
-        } => refuse(*session, *code, reason),
-        Frame::Data {
-            session,
-            text,
-            payload,
-        } => data_frame(*session, *text, payload),
-        Frame::Close {
-            session,
-            code,
-            reason,
-        } => close(*session, *code, reason),
-    }
+    frame
+        .encode()
+        .expect("sample OPEN fields fit their prefixes")
 }
 
 /// At least one frame of every type, with empty, multi-byte and edge values.
