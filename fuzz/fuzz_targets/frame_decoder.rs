@@ -13,7 +13,6 @@
 //! frame's length, which passed the size checks.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "splits.rs"]
@@ -39,7 +38,7 @@ fn check(message: &Message, max: usize) {
     }
 }
 
-/// Feeds `stream` in reads of `size()` bytes, decoding until `Ok(None)` or an error after each.
+/// Decodes `stream` cut into reads as `size` and `migrate` say, checking every result.
 fn drive(
     stream: &[u8],
     max: usize,
@@ -47,43 +46,25 @@ fn drive(
     migrate: &mut dyn FnMut() -> bool,
 ) -> Outcome {
     let mut decoder = Decoder::new();
-    let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        let n = size().clamp(1, rest.len());
-        buf.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        loop {
-            if migrate() {
-                buf = BytesMut::from(&buf[..]);
-            }
-            match decoder.decode(&mut buf, max) {
-                Ok(Some(message)) => {
-                    check(&message, max);
-                    messages.push(message);
-                }
-                Ok(None) => {
-                    if let Some(remaining) = decoder.frame_remaining() {
-                        // The frame's payload is what is buffered plus what is missing.
-                        assert!(remaining >= 1, "a complete frame was left undecoded");
-                        assert!(
-                            buf.len() + remaining <= max.max(125),
-                            "frame of {} + {remaining} bytes passed the size checks",
-                            buf.len()
-                        );
-                    }
-                    break;
-                }
-                Err(err) => {
-                    let code = err.close_code();
-                    assert!(matches!(code, 1002 | 1007 | 1009));
-                    return (messages, Some(err));
+    splits::feed(stream, size, migrate, |buf| {
+        let result = decoder.decode(buf, max);
+        match &result {
+            Ok(Some(message)) => check(message, max),
+            Ok(None) => {
+                if let Some(remaining) = decoder.frame_remaining() {
+                    // The frame's payload is what is buffered plus what is missing.
+                    assert!(remaining >= 1, "a complete frame was left undecoded");
+                    assert!(
+                        buf.len() + remaining <= max.max(125),
+                        "frame of {} + {remaining} bytes passed the size checks",
+                        buf.len()
+                    );
                 }
             }
+            Err(err) => assert!(matches!(err.close_code(), 1002 | 1007 | 1009)),
         }
-    }
-    (messages, None)
+        result
+    })
 }
 
 fuzz_target!(|data: &[u8]| splits::check(data, drive));

@@ -47,3 +47,33 @@ where
     );
     assert_eq!(random, whole, "random reads differ from one read");
 }
+
+/// Feeds `stream` in reads of `size()` bytes. After each read, `decode` is called until it yields
+/// nothing more or fails, and before each call the buffered bytes are sometimes moved into a fresh
+/// buffer (as the proxy's drivers do). Returns what was decoded and the error, if any.
+pub fn feed<T, E>(
+    stream: &[u8],
+    size: &mut dyn FnMut() -> usize,
+    migrate: &mut dyn FnMut() -> bool,
+    mut decode: impl FnMut(&mut bytes::BytesMut) -> Result<Option<T>, E>,
+) -> (Vec<T>, Option<E>) {
+    let mut buf = bytes::BytesMut::new();
+    let mut items = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let n = size().clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            if migrate() {
+                buf = bytes::BytesMut::from(&buf[..]);
+            }
+            match decode(&mut buf) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(err) => return (items, Some(err)),
+            }
+        }
+    }
+    (items, None)
+}

@@ -35,7 +35,13 @@ fn encode(frame: &Frame) -> bytes::Bytes {
         // The proxy's vectored form: header then payload, same bytes.
         let mut header = [0u8; HEADER_LEN];
         let flags = if *text { FLAG_TEXT } else { 0 };
-        up::encode_header(&mut header, up::FrameType::Data, flags, *session, payload.len());
+        up::encode_header(
+            &mut header,
+            up::FrameType::Data,
+            flags,
+            *session,
+            payload.len(),
+        );
         assert_eq!(&bytes[..HEADER_LEN], &header[..]);
         assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
     }
@@ -80,41 +86,23 @@ fn check(frame: &Frame, max: usize) {
     }
 }
 
+/// Decodes `stream` cut into reads as `size` and `migrate` say, checking every result.
 fn drive(
     stream: &[u8],
     max: usize,
     size: &mut dyn FnMut() -> usize,
     migrate: &mut dyn FnMut() -> bool,
 ) -> Outcome {
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        let n = size().clamp(1, rest.len());
-        buf.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        loop {
-            if migrate() {
-                buf = BytesMut::from(&buf[..]);
-            }
-            let before = buf.clone();
-            match up::decode(&mut buf, max) {
-                Ok(Some(frame)) => {
-                    check(&frame, max);
-                    frames.push(frame);
-                }
-                Ok(None) => {
-                    assert_eq!(buf, before, "Ok(None) consumed bytes");
-                    break;
-                }
-                Err(err) => {
-                    assert!(matches!(err.link_error_code(), 2 | 4));
-                    return (frames, Some(err));
-                }
-            }
+    splits::feed(stream, size, migrate, |buf| {
+        let before = buf.clone();
+        let result = up::decode(buf, max);
+        match &result {
+            Ok(Some(frame)) => check(frame, max),
+            Ok(None) => assert_eq!(*buf, before, "Ok(None) consumed bytes"),
+            Err(err) => assert!(matches!(err.link_error_code(), 2 | 4)),
         }
-    }
-    (frames, None)
+        result
+    })
 }
 
 fuzz_target!(|data: &[u8]| splits::check(data, drive));
