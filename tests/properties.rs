@@ -67,13 +67,28 @@ const WS_MAX: usize = 1 << 20;
 /// What a connection's receive side ends with: the messages in order and the error, if any.
 type WsOutcome = (Vec<Message>, Option<ProtocolError>);
 
-/// Plays the runtime's read loop: appends each chunk, then decodes until `Ok(None)` or an error.
-/// Before a `decode` call whose `migrate` bit is set, the unconsumed bytes move to a new buffer.
-/// Stops after a Close message, as the runtime does.
+/// The WebSocket decoder through [`feed`]; stops after a Close message, as the runtime does.
 fn ws_drive(chunks: &[&[u8]], max: usize, migrate: &[bool]) -> WsOutcome {
     let mut decoder = Decoder::new();
+    feed(
+        chunks,
+        migrate,
+        |buf| decoder.decode(buf, max),
+        |m| matches!(m, Message::Close(_)),
+    )
+}
+
+/// The runtime's read loop, for any decoder: appends each chunk, then calls `decode` until it
+/// yields nothing or fails. Before a call whose `migrate` bit is set, the unconsumed bytes move to
+/// a new buffer. Stops after an item for which `last` holds.
+fn feed<T, E>(
+    chunks: &[&[u8]],
+    migrate: &[bool],
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<T>, E>,
+    last: impl Fn(&T) -> bool,
+) -> (Vec<T>, Option<E>) {
     let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
+    let mut items = Vec::new();
     let mut call = 0usize;
     for chunk in chunks {
         buf.extend_from_slice(chunk);
@@ -82,29 +97,42 @@ fn ws_drive(chunks: &[&[u8]], max: usize, migrate: &[bool]) -> WsOutcome {
                 buf = BytesMut::from(&buf[..]);
             }
             call += 1;
-            match decoder.decode(&mut buf, max) {
-                Ok(Some(message)) => {
-                    let close = matches!(message, Message::Close(_));
-                    messages.push(message);
-                    if close {
-                        return (messages, None);
+            match decode(&mut buf) {
+                Ok(Some(item)) => {
+                    let stop = last(&item);
+                    items.push(item);
+                    if stop {
+                        return (items, None);
                     }
                 }
                 Ok(None) => break,
-                Err(err) => return (messages, Some(err)),
+                Err(err) => return (items, Some(err)),
             }
         }
     }
-    (messages, None)
+    (items, None)
 }
 
 /// The outcome of `stream` fed whole, byte by byte, and in `sizes` chunks with `migrate`;
 /// asserts all three agree and returns it.
 fn ws_all_splits(stream: &[u8], max: usize, sizes: &[usize], migrate: &[bool]) -> WsOutcome {
-    let whole = ws_drive(&[stream], max, &[]);
-    let bytewise = ws_drive(&chunks(stream, &[1]), max, &[]);
+    all_splits(stream, sizes, migrate, |chunks, migrate| {
+        ws_drive(chunks, max, migrate)
+    })
+}
+
+/// `drive`'s outcome for `stream` fed whole, byte by byte, and in `sizes` chunks with `migrate`:
+/// asserts all three agree and returns it.
+fn all_splits<T: PartialEq + std::fmt::Debug>(
+    stream: &[u8],
+    sizes: &[usize],
+    migrate: &[bool],
+    drive: impl Fn(&[&[u8]], &[bool]) -> T,
+) -> T {
+    let whole = drive(&[stream], &[]);
+    let bytewise = drive(&chunks(stream, &[1]), &[]);
     assert_eq!(bytewise, whole, "1-byte reads differ from one read");
-    let random = ws_drive(&chunks(stream, sizes), max, migrate);
+    let random = drive(&chunks(stream, sizes), migrate);
     assert_eq!(random, whole, "reads of {sizes:?} differ from one read");
     whole
 }
@@ -449,41 +477,23 @@ const UP_MAX: usize = 1 << 20;
 
 type UpOutcome = (Vec<Frame>, Option<DecodeError>);
 
-/// Plays a link's read loop: appends each chunk, decodes until `Ok(None)` or an error, moving
-/// the unconsumed bytes to a new buffer before calls whose `migrate` bit is set. Also checks
-/// that `Ok(None)` consumed nothing.
+/// The upstream decoder through [`feed`], checking that `Ok(None)` consumed nothing.
 fn up_drive(chunks: &[&[u8]], max: usize, migrate: &[bool]) -> UpOutcome {
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut call = 0usize;
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            if !migrate.is_empty() && migrate[call % migrate.len()] {
-                buf = BytesMut::from(&buf[..]);
-            }
-            call += 1;
-            let before = buf.clone();
-            match up::decode(&mut buf, max) {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => {
-                    assert_eq!(buf, before, "Ok(None) must consume nothing");
-                    break;
-                }
-                Err(err) => return (frames, Some(err)),
-            }
+    let decode = |buf: &mut BytesMut| {
+        let before = buf.clone();
+        let result = up::decode(buf, max);
+        if let Ok(None) = result {
+            assert_eq!(*buf, before, "Ok(None) must consume nothing");
         }
-    }
-    (frames, None)
+        result
+    };
+    feed(chunks, migrate, decode, |_| false)
 }
 
 fn up_all_splits(stream: &[u8], max: usize, sizes: &[usize], migrate: &[bool]) -> UpOutcome {
-    let whole = up_drive(&[stream], max, &[]);
-    let bytewise = up_drive(&chunks(stream, &[1]), max, &[]);
-    assert_eq!(bytewise, whole, "1-byte reads differ from one read");
-    let random = up_drive(&chunks(stream, sizes), max, migrate);
-    assert_eq!(random, whole, "reads of {sizes:?} differ from one read");
-    whole
+    all_splits(stream, sizes, migrate, |chunks, migrate| {
+        up_drive(chunks, max, migrate)
+    })
 }
 
 /// Strings whose UTF-8 form is at most `max_chars * 4` bytes.
