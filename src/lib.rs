@@ -10,3 +10,6 @@ pub mod runtime;
 pub mod shard;
 pub mod upstream;
 pub mod ws;
+
+#[cfg(test)]
+mod test_rng;

@@ -342,6 +342,7 @@ fn read_array<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
     use crate::ws::close::close_payload;
     use crate::ws::frame::encode_client_frame;
     use bytes::Bytes;
@@ -801,30 +802,6 @@ mod tests {
                 reason: Bytes::new()
             }))]
         );
-    }
-
-    /// Deterministic xorshift, so failures reproduce without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn mask(&mut self) -> [u8; 4] {
-            (self.next() as u32).to_ne_bytes()
-        }
-
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
     }
 
     /// A valid client stream of random messages (text split mid code point,

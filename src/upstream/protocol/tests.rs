@@ -6,6 +6,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::test_rng::Rng;
 
 const MAX: usize = 1 << 20;
 
@@ -267,26 +268,6 @@ fn round_trip_at_every_split_into_two_reads() {
 fn round_trip_one_byte_at_a_time() {
     let (frames, stream) = sample_stream();
     assert_eq!(decode_reads(stream.chunks(1)), frames);
-}
-
-/// xorshift64: enough randomness to shake the decoder, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
 }
 
 /// Decodes until the decoder wants more or fails; every call must make progress or stop.
