@@ -40,6 +40,7 @@ fn assert_recovered(server: &Server, baseline_fds: usize) {
             Instant::now() < deadline,
             "descriptors did not return to {baseline_fds}: {now}"
         );
+        // The kernel closing a descriptor sends no signal we can wait on: poll /proc with a deadline.
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut ws = server.ws_user("after-the-attack");

@@ -53,10 +53,6 @@ impl OutQueue {
         self.queued
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// Queues `head` (at most [`HEAD_CAP`] bytes; longer is a caller bug and is cut) then `payload`.
     pub fn push(&mut self, head: &[u8], payload: Bytes) {
         let n = head.len().min(HEAD_CAP);
