@@ -6,7 +6,6 @@
 //! Never blocks the core and never touches another core's link or sessions.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -14,6 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
+use rustc_hash::FxHashMap;
 
 use crate::runtime::event::Countdown;
 use crate::runtime::{
@@ -80,7 +80,9 @@ pub struct Link {
     pub gate: Rc<Gate>,
     /// The socket is full and the writer waits: what is queued now may wait a while.
     blocked: Cell<bool>,
-    sessions: RefCell<HashMap<u64, Rc<Session>>>,
+    /// Keyed by our own session ids, so a multiply-and-fold hash is enough: SipHash's defence
+    /// against chosen keys would be paid on every DATA frame for nothing.
+    sessions: RefCell<FxHashMap<u64, Rc<Session>>>,
     last_rx: Cell<Instant>,
     goaway: RefCell<Option<(u16, String)>>,
     pub links_up: Cell<u64>,
@@ -100,7 +102,7 @@ impl Link {
             wake_writer: Notify::default(),
             gate: Rc::new(Gate::default()),
             blocked: Cell::new(false),
-            sessions: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(FxHashMap::default()),
             last_rx: Cell::new(Instant::now()),
             goaway: RefCell::new(None),
             links_up: Cell::new(0),
