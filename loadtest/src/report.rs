@@ -225,9 +225,13 @@ pub fn text(d: &Described, o: &Outcome) -> String {
         if let Some(per) = target_us_per_op(d.mode, o) {
             let _ = write!(
                 out,
-                " ({per:.2} us of target CPU per {})",
+                " ({per:.2} us of target CPU per {}",
                 primary_unit(d.mode)
             );
+            if let Some(k) = target_kernel_us_per_op(d.mode, o) {
+                let _ = write!(out, ", {k:.2} of it in the kernel");
+            }
+            out.push(')');
         }
     }
     let _ = writeln!(
@@ -241,7 +245,15 @@ pub fn text(d: &Described, o: &Outcome) -> String {
 
 /// Target CPU time per round trip (echo, churn) or per upgrade (handshake), in microseconds.
 fn target_us_per_op(mode: Mode, o: &Outcome) -> Option<f64> {
-    let cores = o.window_cores.target?;
+    us_per_op(mode, o, o.window_cores.target?)
+}
+
+/// The kernel's part of [`target_us_per_op`].
+fn target_kernel_us_per_op(mode: Mode, o: &Outcome) -> Option<f64> {
+    us_per_op(mode, o, o.window_cores.target_kernel?)
+}
+
+fn us_per_op(mode: Mode, o: &Outcome, cores: f64) -> Option<f64> {
     let n = primary_count(mode, &o.window.counters);
     (n > 0).then(|| cores * o.window_secs * 1e6 / n as f64)
 }
@@ -332,6 +344,7 @@ pub fn json(d: &Described, o: &Outcome) -> Value {
             "machine_cores": o.window_cores.machine,
             "machine_cpus": crate::net::cpu_count(),
             "target_us_per_op": target_us_per_op(d.mode, o),
+            "target_kernel_us_per_op": target_kernel_us_per_op(d.mode, o),
         },
         "memory": o.rss.as_ref().map(|r| json!({
             "before_kib": r.before_kib,

@@ -101,7 +101,7 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
-fn target_cpu_ns(pids: &[u32]) -> Option<u64> {
+fn target_cpu_ns(pids: &[u32]) -> Option<net::ProcCpu> {
     if pids.is_empty() {
         return None;
     }
@@ -121,7 +121,7 @@ pub fn target_rss_kib(pids: &[u32]) -> Option<u64> {
 struct CpuMark {
     at: Instant,
     harness: u64,
-    target: Option<u64>,
+    target: Option<net::ProcCpu>,
     machine: u64,
 }
 
@@ -142,7 +142,11 @@ impl CpuMark {
         Cores {
             harness: per(self.harness, later.harness),
             target: match (self.target, later.target) {
-                (Some(a), Some(b)) => Some(per(a, b)),
+                (Some(a), Some(b)) => Some(per(a.user_ns + a.kernel_ns, b.user_ns + b.kernel_ns)),
+                _ => None,
+            },
+            target_kernel: match (self.target, later.target) {
+                (Some(a), Some(b)) => Some(per(a.kernel_ns, b.kernel_ns)),
                 _ => None,
             },
             machine: per(self.machine, later.machine),
@@ -155,6 +159,8 @@ impl CpuMark {
 pub struct Cores {
     pub harness: f64,
     pub target: Option<f64>,
+    /// The part of `target` spent in the kernel (system time).
+    pub target_kernel: Option<f64>,
     pub machine: f64,
 }
 
