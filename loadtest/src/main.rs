@@ -62,6 +62,10 @@ struct Common {
     /// Query appended per connection; `{i}` = connection index, `{p}` = process index.
     #[arg(long)]
     query: Option<String>,
+    /// Header added to every upgrade request, as 'NAME: VALUE' (repeatable); `{i}` and `{p}` are
+    /// expanded in the value as in --query.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
     /// Worker processes (each opens its share of the connections; the open-files limit is per
     /// process).
     #[arg(long, default_value_t = 1)]
@@ -348,6 +352,9 @@ fn validate(j: &Job) -> Result<(), String> {
     if j.mode == Mode::Churn && j.lifetime_ms == 0 {
         return Err("--lifetime-ms must be at least 1".into());
     }
+    for h in &c.headers {
+        target::check_header_template(h)?;
+    }
     Ok(())
 }
 
@@ -385,6 +392,7 @@ fn main() -> ExitCode {
         mode: job.mode,
         target: target.clone(),
         query: c.query.clone(),
+        headers: c.headers.clone(),
         proc_index,
         size: job.size,
         depth: job.depth,
@@ -417,7 +425,7 @@ fn main() -> ExitCode {
     control::install_sigint();
     let mut warm = Vec::new();
     for i in 0..job.warmup {
-        match warm_connection(&target, c.query.as_deref(), i) {
+        match warm_connection(&target, c.query.as_deref(), &c.headers, i) {
             Ok(stream) => warm.push(stream),
             Err(e) => eprintln!("ringgate-load: warm-up connection failed: {e}"),
         }
@@ -469,6 +477,7 @@ fn main() -> ExitCode {
         obj.insert("procs".into(), json!(procs));
         obj.insert("threads".into(), json!(threads));
         obj.insert("query".into(), json!(c.query));
+        obj.insert("headers".into(), json!(c.headers));
         obj.insert("pids".into(), json!(c.pids));
         obj.insert("timeout".into(), json!(c.timeout));
         obj.insert("connect_concurrency".into(), json!(c.connect_concurrency));
@@ -505,15 +514,17 @@ fn main() -> ExitCode {
 fn warm_connection(
     target: &Target,
     query: Option<&str>,
+    headers: &[String],
     i: u64,
 ) -> std::io::Result<std::net::TcpStream> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let path = target.request_target(query, u64::MAX - i, 0);
+    let extra = target::expand_headers(headers, u64::MAX - i, 0);
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
         target.host_header
     )?;
     let mut head = Vec::new();

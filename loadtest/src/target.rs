@@ -63,6 +63,39 @@ impl Target {
     }
 }
 
+/// The header lines (each ending in CRLF) for connection `i` of process `p`.
+pub fn expand_headers(templates: &[String], i: u64, p: usize) -> String {
+    templates.iter().map(|t| expand(t, i, p) + "\r\n").collect()
+}
+
+/// Headers the harness writes itself: a template may not repeat or override them.
+const OWN_HEADERS: [&str; 5] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
+/// Checks a `--header` template: `NAME: VALUE` with an HTTP token for a name, no line breaks, and
+/// none of the headers of the upgrade itself.
+pub fn check_header_template(t: &str) -> Result<(), String> {
+    let Some((name, _value)) = t.split_once(':') else {
+        return Err(format!("--header {t:?}: expected 'NAME: VALUE'"));
+    };
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("--header {t:?}: {name:?} is not a header name"));
+    }
+    if t.contains(['\r', '\n']) {
+        return Err(format!("--header {t:?}: no line breaks allowed"));
+    }
+    if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("--header {t:?}: the harness sends {name} itself"));
+    }
+    Ok(())
+}
+
 /// Substitutes `{i}` and `{p}` in a query template.
 pub fn expand(template: &str, i: u64, p: usize) -> String {
     template
@@ -146,6 +179,30 @@ mod tests {
         assert!(Target::parse("ws://127.0.0.1:notaport/", false).is_err());
         // Allowed only when asked for explicitly (not resolved: no network needed for an IP).
         assert!(Target::parse("ws://10.0.0.5:9000/ws", true).is_ok());
+    }
+
+    #[test]
+    fn header_templates() {
+        for ok in [
+            "X-User: u{i}",
+            "Authorization: Bearer t-{p}-{i}",
+            "x-empty:",
+        ] {
+            assert_eq!(check_header_template(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "no colon",
+            ": no name",
+            "Bad Name: x",
+            "X-A: one\r\nX-B: two",
+            "Host: elsewhere",
+            "sec-websocket-key: AAAA",
+        ] {
+            assert!(check_header_template(bad).is_err(), "{bad}");
+        }
+        let h = vec!["X-User: u{i}".to_string(), "X-Proc: {p}".to_string()];
+        assert_eq!(expand_headers(&h, 7, 2), "X-User: u7\r\nX-Proc: 2\r\n");
+        assert_eq!(expand_headers(&[], 7, 2), "");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Plan {
     pub mode: Mode,
     pub target: Target,
     pub query: Option<String>,
+    /// `NAME: VALUE` templates added to every upgrade request (checked at start).
+    pub headers: Vec<String>,
     pub proc_index: usize,
     /// Payload size in bytes (echo, churn).
     pub size: usize,
@@ -493,10 +495,15 @@ impl Worker {
             self.slots[s].idx,
             self.plan.proc_index,
         );
+        let extra = crate::target::expand_headers(
+            &self.plan.headers,
+            self.slots[s].idx,
+            self.plan.proc_index,
+        );
         let c = &mut self.slots[s];
         c.accept = ringgate::ws::accept_key(key.as_bytes());
         let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
             self.plan.target.host_header
         );
         c.wbuf.extend_from_slice(req.as_bytes());
