@@ -492,7 +492,13 @@ fn main() -> ExitCode {
         ),
     };
     print!("{}", report::text(&described, &outcome));
-    let mut status = ExitCode::SUCCESS;
+    // A run that counted errors fails, so that scripts and CI can tell from the exit status; the
+    // report is written all the same.
+    let mut status = if report::total_errors(&outcome).total() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if let Some(path) = &c.json {
         let body = serde_json::to_string_pretty(&report::json(&described, &outcome)).expect("json");
         if let Err(e) = std::fs::write(path, body + "\n") {

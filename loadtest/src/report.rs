@@ -83,7 +83,7 @@ fn tcp_line(p: &Percentiles) -> String {
     )
 }
 
-fn total_errors(o: &Outcome) -> crate::stats::Errors {
+pub fn total_errors(o: &Outcome) -> crate::stats::Errors {
     let mut e = o.setup.counters.errors.clone();
     e.add(&o.window.counters.errors);
     e.add(&o.tail.counters.errors);
