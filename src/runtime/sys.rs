@@ -63,7 +63,8 @@ pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome
     }
 }
 
-/// One `sendmsg` of the given slices; returns bytes written, or None when the socket is full.
+/// One `sendmsg` (or `send`, for one slice) of the given slices; returns bytes written, or None when
+/// the socket is full.
 pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
     if iov.is_empty() {
         return Ok(Some(0));
@@ -72,9 +73,17 @@ pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
     loop {
         // SAFETY: every iovec points into a live Bytes or array owned by the caller for the call.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            match iov {
+                // One slice (the usual case once small pieces are coalesced): send(2) spares the
+                // kernel copying in a message header and an iovec array.
+                [one] => libc::send(fd, one.iov_base, one.iov_len, flags),
+                _ => libc::sendmsg(fd, &msg, flags),
+            }
+        };
         if n >= 0 {
             return Ok(Some(n as usize));
         }
