@@ -35,7 +35,8 @@ pub enum ReadOutcome {
     Eof,
 }
 
-/// Reads into the spare capacity of `buf`, extending its length by what arrived.
+/// Reads a socket into the spare capacity of `buf`, extending its length by what arrived. `recv`,
+/// not `read`: a socket gains nothing from the file layer `read` passes through.
 pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome> {
     let spare = buf.spare_capacity_mut();
     if spare.is_empty() {
@@ -44,10 +45,10 @@ pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome
     loop {
         // SAFETY: the kernel writes at most spare.len() bytes into memory we own and have not
         // initialised; set_len below covers exactly the bytes it reported.
-        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
         if n > 0 {
             let n = n as usize;
-            // SAFETY: n ≤ spare.len() bytes were just initialised by read(2).
+            // SAFETY: n ≤ spare.len() bytes were just initialised by recv(2).
             unsafe { buf.set_len(buf.len() + n) };
             return Ok(ReadOutcome::Data(n));
         }
