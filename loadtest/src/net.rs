@@ -384,10 +384,16 @@ pub fn proc_cpu_ns(pid: u32) -> Option<ProcCpu> {
     })
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ProcCpu {
     pub user_ns: u64,
     pub kernel_ns: u64,
+}
+
+impl ProcCpu {
+    pub fn total_ns(&self) -> u64 {
+        self.user_ns + self.kernel_ns
+    }
 }
 
 impl std::iter::Sum for ProcCpu {
@@ -455,9 +461,9 @@ mod tests {
     #[test]
     fn kernel_time_is_told_apart_from_user_time() {
         use std::io::Read;
-        // Copying from /dev/zero is nearly all kernel work: once 300 ms of it is on the books (more
-        // than the other tests of this binary use in all, running beside it),
-        // the kernel's column must have grown more than the user's.
+        // Copying from /dev/zero is nearly all kernel work: once 300 ms of it is on the books, the
+        // kernel's column must have grown more than the user's. (The other tests of this binary,
+        // running beside it in the same process, use less than that in all.)
         let pid = std::process::id();
         let before = proc_cpu_ns(pid).unwrap();
         let mut zero = std::fs::File::open("/dev/zero").unwrap();

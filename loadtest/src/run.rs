@@ -142,7 +142,7 @@ impl CpuMark {
         Cores {
             harness: per(self.harness, later.harness),
             target: match (self.target, later.target) {
-                (Some(a), Some(b)) => Some(per(a.user_ns + a.kernel_ns, b.user_ns + b.kernel_ns)),
+                (Some(a), Some(b)) => Some(per(a.total_ns(), b.total_ns())),
                 _ => None,
             },
             target_kernel: match (self.target, later.target) {
