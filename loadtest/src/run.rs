@@ -233,6 +233,11 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
             if interrupted() {
                 interrupted_run = true;
             }
+            if k == set.window_secs || interrupted_run {
+                // Ends the sending before the last harvest (commands reach each worker in order),
+                // so that nothing sent after the window is measured as part of it.
+                ctl.fleet.send(Cmd::Drain);
+            }
             tick += 1;
             let s = ctl.harvest(tick);
             let now = Instant::now();
@@ -257,7 +262,8 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
     let window_cores = cpu0.cores_until(&cpu_end);
     let rss_end = target_rss_kib(&set.pids);
 
-    // Drain, then close.
+    // Drain (already asked for unless the window never started; workers ignore a second
+    // request), then close.
     ctl.fleet.send(Cmd::Drain);
     let drained = ctl.wait_until(
         Instant::now() + set.drain_timeout,

@@ -294,6 +294,16 @@ fn echo_closed_loop_agrees_with_the_server_counters() {
     let round_trips = run.u64("/window/round_trips");
     assert!(round_trips > 0, "no round trips:\n{run}");
     assert_eq!(run.u64("/setup/connects"), 50, "connections:\n{run}");
+    // Sending stops with the window: after it, only the echoes still in flight come back.
+    assert_eq!(
+        run.u64("/after_window/msgs_sent"),
+        0,
+        "sent after the window:\n{run}"
+    );
+    assert!(
+        run.u64("/after_window/round_trips") <= 50 * 4,
+        "more echoes after the window than were in flight:\n{run}"
+    );
     assert!(run.u64("/latency_us/p99") > 0, "p99 latency:\n{run}");
     let per_op = run.f64("/cpu/target_us_per_op");
     let kernel = run.f64("/cpu/target_kernel_us_per_op");
