@@ -83,7 +83,7 @@ load() { # target scenario args...
   local t=$1 s=$2; shift 2
   echo "bench: $t / $s"
   "$LOAD" "$@" --url "$URL" --query 'user={i}' --pid "$PIDS" --quiet \
-    --json "$OUT/$t-$s.json" >"$OUT/$t-$s.txt" 2>&1 || echo "bench: $t / $s exited non-zero (see $OUT/$t-$s.txt)"
+    --json "$OUT/$t-$s.json" >"$OUT/$t-$s.txt" 2>&1 || echo "bench: $t / $s counted errors or failed (see $OUT/$t-$s.txt)"
 }
 
 for t in "${TARGETS[@]}"; do
