@@ -90,9 +90,6 @@ impl OutQueue {
     }
 
     fn flush_with(&mut self, fd: RawFd, scratch: &mut Vec<u8>) -> io::Result<Flush> {
-        if scratch.capacity() < SCRATCH {
-            scratch.reserve_exact(SCRATCH);
-        }
         while !self.frames.is_empty() {
             let mut plan = Plan::new(scratch);
             for f in self.frames.iter() {
@@ -139,8 +136,8 @@ const SMALL: usize = 256;
 const SCRATCH: usize = 16 * 1024;
 
 thread_local! {
-    /// The copy space of every flush on this thread (a core, or the echo server): allocated once,
-    /// never zeroed again, and never held across an await.
+    /// The copy space of every flush on this thread (a core, or the echo server): allocated once
+    /// at its full size, never zeroed again, and never held across an await.
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH));
 }
 
@@ -172,7 +169,7 @@ impl<'a> Plan<'a> {
         let len = piece.len();
         let used = self.scratch.len();
         if len <= SMALL && used + len <= SCRATCH {
-            // Within the capacity reserved up front: no reallocation, so offsets stay valid.
+            // Slices into the scratch are kept as offsets until `iovecs`, so this may move it.
             self.scratch.extend_from_slice(piece);
             let last = self.n_iov.wrapping_sub(1);
             if self.n_iov > 0 && self.in_scratch & (1 << last) != 0 {
