@@ -189,20 +189,7 @@ pub fn close(fd: RawFd) {
 
 /// Closes with `SO_LINGER` 0: a reset, which frees the 4-tuple at once (no TIME_WAIT).
 pub fn abort(fd: RawFd) {
-    let lin = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: passes a pointer to a live linger struct and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &lin as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    ringgate::runtime::set_linger_zero(fd);
     close(fd);
 }
 
@@ -217,19 +204,11 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> IoResult {
     loop {
         // SAFETY: `buf` is valid for writes of its length.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n > 0 {
-            return IoResult::Done(n as usize);
-        }
         if n == 0 {
             return IoResult::Eof;
         }
-        match io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-        {
-            libc::EINTR => continue,
-            libc::EAGAIN => return IoResult::WouldBlock,
-            _ => return IoResult::Err,
+        if let Some(r) = outcome(n) {
+            return r;
         }
     }
 }
@@ -245,17 +224,24 @@ pub fn send(fd: RawFd, buf: &[u8]) -> IoResult {
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
         };
-        if n >= 0 {
-            return IoResult::Done(n as usize);
+        if let Some(r) = outcome(n) {
+            return r;
         }
-        match io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-        {
-            libc::EINTR => continue,
-            libc::EAGAIN => return IoResult::WouldBlock,
-            _ => return IoResult::Err,
-        }
+    }
+}
+
+/// What a read or send returned; None when it was interrupted and is to be retried.
+fn outcome(n: isize) -> Option<IoResult> {
+    if n >= 0 {
+        return Some(IoResult::Done(n as usize));
+    }
+    match io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+    {
+        libc::EINTR => None,
+        libc::EAGAIN => Some(IoResult::WouldBlock),
+        _ => Some(IoResult::Err),
     }
 }
 

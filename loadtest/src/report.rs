@@ -71,6 +71,15 @@ fn tcp_connect_all(o: &Outcome) -> Percentiles {
     h.summary()
 }
 
+/// Upgrade latency over the whole run, and the TCP connect part of it.
+fn upgrade_line(o: &Outcome) -> String {
+    format!(
+        "upgrade       {}{}\n",
+        pct_line(&handshake_all(o)),
+        tcp_line(&tcp_connect_all(o))
+    )
+}
+
 fn tcp_line(p: &Percentiles) -> String {
     if p.count == 0 {
         return String::new();
@@ -128,12 +137,7 @@ pub fn text(d: &Described, o: &Outcome) -> String {
                     thousands(rate(w.closes, secs) as u64),
                     thousands(o.window.open)
                 );
-                let _ = writeln!(
-                    out,
-                    "upgrade       {}{}",
-                    pct_line(&handshake_all(o)),
-                    tcp_line(&tcp_connect_all(o))
-                );
+                out.push_str(&upgrade_line(o));
             }
             let _ = writeln!(
                 out,
@@ -167,12 +171,7 @@ pub fn text(d: &Described, o: &Outcome) -> String {
                 thousands(rate(w.connects, secs) as u64),
                 thousands(w.closes)
             );
-            let _ = writeln!(
-                out,
-                "upgrade       {}{}",
-                pct_line(&handshake_all(o)),
-                tcp_line(&tcp_connect_all(o))
-            );
+            out.push_str(&upgrade_line(o));
         }
         Mode::Idle => {
             let _ = writeln!(

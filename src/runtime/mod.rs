@@ -27,7 +27,7 @@ pub use self::core::{detach_if_parked, Core, Settings};
 pub use self::event::{Gate, Notify};
 pub use self::outq::{Flush, OutQueue};
 pub use self::session::{flag, Session, SessionKey};
-pub use self::sys::ReadOutcome;
+pub use self::sys::{set_linger_zero, ReadOutcome};
 
 /// What one core can be told by another (or by the main thread).
 pub enum CoreMsg {
