@@ -430,10 +430,6 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("ringgate-load: warm-up connection failed: {e}"),
         }
     }
-    if !warm.is_empty() {
-        // Let the target finish whatever the first upgrade set off.
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let rss_before = run::target_rss_kib(&c.pids);
     let fleet = if procs > 1 {
         Fleet::children(&raw_args, procs)
@@ -542,7 +538,29 @@ fn warm_connection(
         head.push(byte[0]);
     }
     if head.starts_with(b"HTTP/1.1 101") {
-        Ok(s)
+        // A ping answered means the target has finished setting up the session (its buffers and
+        // its upstream OPEN), so the memory baseline read next includes all of that.
+        let mut ping = Vec::new();
+        frame::write_client_frame(&mut ping, frame::OP_PING, b"warm", [1, 2, 3, 4]);
+        s.write_all(&ping)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            match frame::parse_server_frame(&buf, 1 << 20) {
+                Ok(Some(f)) if f.opcode == frame::OP_PONG => return Ok(s),
+                Ok(Some(f)) => {
+                    buf.drain(..f.total_len());
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(format!("bad frame: {e:?}"))),
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before answering the ping"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
     } else {
         let line = String::from_utf8_lossy(&head);
         Err(std::io::Error::other(format!(
