@@ -268,6 +268,89 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     assert_recovered(&server, baseline);
 }
 
+#[test]
+fn a_client_keeping_its_socket_full_does_not_starve_its_neighbour() {
+    // One core, so the flooder and the neighbour share an event loop.
+    let server = Server::start(&["--workers", "1"]);
+    let baseline = fd_count(&server);
+    let mut flooder = raw_upgrade(server.addr(), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (full_tx, full_rx) = std::sync::mpsc::channel();
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Unsolicited pongs: the server reads and drops them, so nothing pushes back but TCP.
+            // Bounded, so that the test ends even if the server hangs.
+            let pong = frame_bytes(true, 0, OP_PONG, &[0x33; 100], true);
+            let burst: Vec<u8> = pong
+                .iter()
+                .copied()
+                .cycle()
+                .take(pong.len() * 2000)
+                .collect();
+            let until = Instant::now() + Duration::from_secs(30);
+            // A sustained flood before the neighbour starts: once the writer has got well ahead
+            // of the server, every read the server makes fills its buffer.
+            let mut sent = 0;
+            while sent < 64 << 20 && flooder.write_all(&burst).is_ok() {
+                sent += burst.len();
+            }
+            full_tx.send(()).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                if flooder.write_all(&burst).is_err() {
+                    break;
+                }
+            }
+            Instant::now() < until
+        })
+    };
+    full_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the flood never got going");
+    let mut neighbour = server.ws_user("neighbour");
+    for i in 0..200 {
+        ws_echo(
+            &mut neighbour,
+            tungstenite::Message::text(format!("turn {i}")),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        flood.join().unwrap(),
+        "the neighbour's 200 echoes only completed once the 30 s flood had ended"
+    );
+    ws_close(neighbour);
+    assert_recovered(&server, baseline);
+}
+
+#[test]
+fn a_client_hanging_up_behind_a_long_burst_is_released() {
+    let server = Server::start(&["--workers", "1"]);
+    let baseline = fd_count(&server);
+    let mut s = raw_upgrade(server.addr(), &[]);
+    // Megabytes the server is still working through when the FIN arrives behind them: the end of
+    // the connection must be seen even though it came while the socket was already marked readable.
+    let pong = frame_bytes(true, 0, OP_PONG, &[0x44; 100], true);
+    let burst: Vec<u8> = pong
+        .iter()
+        .copied()
+        .cycle()
+        .take(pong.len() * 80_000)
+        .collect();
+    s.write_all(&burst).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let took = time_to_end(&mut s, Instant::now());
+    assert!(
+        took < Duration::from_secs(15),
+        "the server held the connection for {took:?}"
+    );
+    server.wait_stats("the session to end", Duration::from_secs(15), |v| {
+        sessions_sum(v) == 0
+    });
+    drop(s);
+    assert_recovered(&server, baseline);
+}
+
 /// Opens `n` connections one after the other, each asking for an upgrade, and keeps them all open.
 /// Every one must be answered at once: 101, or 503 when the server cannot take it.
 fn open_and_hold(server: &Server, n: usize) -> (Vec<TcpStream>, usize, usize) {

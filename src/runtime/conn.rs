@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::runtime::core::{bump, Core, READ_BUF};
 use crate::runtime::event::Gate;
+use crate::runtime::poller;
 use crate::runtime::session::{flag, Session};
 use crate::runtime::sys::{self, ReadOutcome};
 use crate::ws::{close_payload, Decoder, Message, OpCode, MAX_HEADER_LEN};
@@ -44,13 +45,18 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
         close_code: 1006,
     };
     let fd = s.stream.as_raw_fd();
-    if pending.is_empty() {
+    if let Err(e) = core.poller.watch(&s) {
+        tracing::warn!(session = s.id, error = %e, "cannot watch the socket, resetting it");
+        core.abort(&s);
+        rx.phase = Phase::Done;
+    } else if pending.is_empty() {
         // The handshake's buffer must not be parked on an idle connection.
         pending = BytesMut::new();
     } else {
         process(&core, &s, &mut rx, &mut pending);
         pending = keep_partial(&core, &rx, pending, false);
     }
+    let mut full = false;
     while rx.phase != Phase::Done {
         // A congested link stops us reading this client: TCP carries the backpressure to it.
         if rx.phase == Phase::Open {
@@ -59,7 +65,17 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
                 wait_gate(&s, &gate).await;
             }
         }
-        if s.stream.readable(false).await.is_err() || s.has(flag::BROKEN) {
+        if full {
+            // The socket may hold more: wait for it through the runtime's own poll rather than
+            // read again at once, so that a client keeping its socket full gets one read per turn
+            // of the event loop, like everyone else, and cannot starve its neighbours.
+            if s.stream.readable(false).await.is_err() {
+                break;
+            }
+        } else {
+            poller::readable(&s).await;
+        }
+        if s.has(flag::BROKEN) {
             break;
         }
         let shared = pending.is_empty();
@@ -75,12 +91,19 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
             own.reserve(want);
             own
         };
+        let room = buf.capacity() - buf.len();
         match sys::read_into(fd, &mut buf) {
-            Ok(ReadOutcome::Data(_)) => {
+            Ok(ReadOutcome::Data(n)) => {
+                // A read that left room drained the socket; one that filled the buffer may not
+                // have, so the mark stays and the next pass reads on without waiting for an edge.
+                full = n == room;
+                if !full {
+                    s.clear(flag::READABLE);
+                }
                 s.last_rx.set(core.now());
                 process(&core, &s, &mut rx, &mut buf);
             }
-            Ok(ReadOutcome::WouldBlock) => {}
+            Ok(ReadOutcome::WouldBlock) => s.clear(flag::READABLE),
             Ok(ReadOutcome::Eof) | Err(_) => rx.phase = Phase::Done,
         }
         pending = keep_partial(&core, &rx, buf, shared);
@@ -168,15 +191,15 @@ fn deliver(core: &Rc<Core>, s: &Rc<Session>, text: bool, payload: Bytes) {
 }
 
 /// Parks the driver until the link drains, or until the session is closed or reset meanwhile (the
-/// close wakes it through `parked`, so a kicked client is not left waiting on a stalled link).
+/// close wakes it through `waker`, so a kicked client is not left waiting on a stalled link).
 async fn wait_gate(s: &Session, gate: &Gate) {
     std::future::poll_fn(|cx| {
         if !gate.is_shut() || s.has(flag::CLOSE_SENT | flag::BROKEN) {
-            s.parked.set(None);
+            s.waker.set(None);
             std::task::Poll::Ready(())
         } else {
             gate.register(cx.waker());
-            s.parked.set(Some(cx.waker().clone()));
+            s.waker.set(Some(cx.waker().clone()));
             std::task::Poll::Pending
         }
     })

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::runtime::event::{Event, Notify};
+use crate::runtime::poller::Poller;
 use crate::runtime::session::{flag, Flush, Session, SessionKey};
 use crate::runtime::sys;
 use crate::runtime::CoreMsg;
@@ -146,6 +147,8 @@ pub struct Core {
     /// The read buffer all of this core's connections share: borrowed for one read-and-decode pass,
     /// never across an await.
     read_buf: RefCell<bytes::BytesMut>,
+    /// Tells the connection drivers when their sockets are readable.
+    pub poller: Rc<Poller>,
 }
 
 /// Size of the shared read buffer; a read never asks for more than this at once.
@@ -157,6 +160,7 @@ impl Core {
         settings: Rc<Settings>,
         peers: Vec<flume::Sender<CoreMsg>>,
         upstream: Upstreams,
+        poller: Rc<Poller>,
     ) -> Core {
         Core {
             index,
@@ -179,6 +183,7 @@ impl Core {
             dirty: RefCell::new(Vec::new()),
             flush_wake: Notify::default(),
             read_buf: RefCell::new(bytes::BytesMut::new()),
+            poller,
         }
     }
 
@@ -301,7 +306,7 @@ impl Core {
         s.push_frame(OpCode::Close, close_payload(code, reason));
         s.set(flag::CLOSE_SENT);
         s.sent_code.set(code);
-        if let Some(w) = s.parked.take() {
+        if let Some(w) = s.waker.take() {
             w.wake();
         }
         let deadline = self.now() + self.settings.close_timeout;
@@ -323,7 +328,7 @@ impl Core {
     /// up (its socket reads end) and cleans up.
     pub fn abort(&self, s: &Session) {
         s.set(flag::BROKEN);
-        if let Some(w) = s.parked.take() {
+        if let Some(w) = s.waker.take() {
             w.wake();
         }
         s.discard_all();

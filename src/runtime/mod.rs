@@ -20,6 +20,7 @@ mod conn;
 mod core;
 pub(crate) mod event;
 pub(crate) mod outq;
+mod poller;
 mod session;
 pub(crate) mod sys;
 
@@ -258,13 +259,22 @@ impl Worker {
 
     async fn main(self, driver: &'static str) {
         tracing::info!(core = self.index, driver, "worker started");
+        let poller = match poller::Poller::new() {
+            Ok(p) => Rc::new(p),
+            Err(e) => {
+                tracing::error!(core = self.index, error = %e, "cannot create the poller");
+                return;
+            }
+        };
         let upstream = Upstreams::new(&self.targets, self.link_settings);
         let core = Rc::new(Core::new(
             self.index,
             Rc::new(self.settings),
             self.peers,
             upstream,
+            poller.clone(),
         ));
+        monoio::spawn(poller.run(core.clone()));
         let first_attempts = core.upstream.start(&core);
         let ready = self.ready;
         let index = self.index;

@@ -25,23 +25,28 @@ pub struct SessionKey {
     pub generation: u32,
 }
 
-/// Lifecycle bits, kept in one byte.
+/// Lifecycle bits.
 pub mod flag {
     /// Queued in the core's dirty list, a flush is coming.
-    pub const DIRTY: u8 = 1;
+    pub const DIRTY: u16 = 1;
     /// A writer task waits for the socket to become writable.
-    pub const WRITER: u8 = 2;
+    pub const WRITER: u16 = 2;
     /// Our close frame is queued; nothing else may follow it.
-    pub const CLOSE_SENT: u8 = 4;
+    pub const CLOSE_SENT: u16 = 4;
     /// The write side was shut down after the close frame left.
-    pub const WRITE_SHUT: u8 = 8;
+    pub const WRITE_SHUT: u16 = 8;
     /// The socket failed or was aborted; drop whatever is queued.
-    pub const BROKEN: u8 = 16;
+    pub const BROKEN: u16 = 16;
     /// The driver has finished; the session is out of the registry.
-    pub const ENDED: u8 = 32;
+    pub const ENDED: u16 = 32;
     /// The upstream already knows the session is over (it refused or kicked it, or its link died):
     /// no CLOSE goes to it.
-    pub const UPSTREAM_DONE: u8 = 64;
+    pub const UPSTREAM_DONE: u16 = 64;
+    /// The core's poller saw data (or the end) arrive that no read has drained yet.
+    pub const READABLE: u16 = 128;
+    /// The poller saw the peer finish or fail: no edge will follow, so the driver reads on until
+    /// the socket reports the end, even after a read that did not fill its buffer.
+    pub const PEER_DONE: u16 = 256;
 }
 
 pub struct Session {
@@ -49,7 +54,7 @@ pub struct Session {
     pub id: u64,
     pub key: SessionKey,
     pub user: Option<Box<str>>,
-    flags: Cell<u8>,
+    flags: Cell<u16>,
     /// Core clock (seconds) of the last byte received.
     pub last_rx: Cell<u32>,
     /// Core clock of the last ping sent.
@@ -60,8 +65,9 @@ pub struct Session {
     pub sent_code: Cell<u16>,
     /// Which upstream link carries the session (an index into the core's upstreams).
     pub route: Cell<u16>,
-    /// The driver's waker while it is parked behind a congested link, so a close can wake it.
-    pub parked: Cell<Option<std::task::Waker>>,
+    /// The driver's waker while it waits for the socket to become readable (the poller wakes it)
+    /// or for a congested link to drain (so that a close can wake it).
+    pub waker: Cell<Option<std::task::Waker>>,
     out: RefCell<OutQueue>,
 }
 
@@ -84,20 +90,20 @@ impl Session {
             close_deadline: Cell::new(u32::MAX),
             sent_code: Cell::new(0),
             route: Cell::new(u16::MAX),
-            parked: Cell::new(None),
+            waker: Cell::new(None),
             out: RefCell::new(OutQueue::default()),
         }
     }
 
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags.get() & f != 0
     }
 
-    pub fn set(&self, f: u8) {
+    pub fn set(&self, f: u16) {
         self.flags.set(self.flags.get() | f);
     }
 
-    pub fn clear(&self, f: u8) {
+    pub fn clear(&self, f: u16) {
         self.flags.set(self.flags.get() & !f);
     }
 

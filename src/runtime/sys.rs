@@ -149,3 +149,40 @@ pub fn accept_now(listener: RawFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
         }
     }
 }
+
+/// A new epoll instance (close-on-exec).
+pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointers; a returned fd is ours to own.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Adds `fd` to the epoll instance `ep` with the given events, tagged with `token`.
+pub fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The events ready on `ep` right now (never waits); how many of `events` were filled.
+pub fn epoll_ready(ep: RawFd, events: &mut [libc::epoll_event]) -> usize {
+    let max = events.len().min(i32::MAX as usize) as i32;
+    loop {
+        // SAFETY: the kernel writes at most `max` entries into `events`, which we own.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), max, 0) };
+        if n >= 0 {
+            return n as usize;
+        }
+        // Only EINTR is possible with a valid fd and buffer; anything else means nothing is ready.
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 0;
+        }
+    }
+}
