@@ -9,14 +9,15 @@
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::runtime::core::{bump, Core, READ_BUF};
 use crate::runtime::event::Gate;
+use crate::runtime::outq::SMALL;
 use crate::runtime::poller;
 use crate::runtime::session::{flag, Session};
 use crate::runtime::sys::{self, ReadOutcome};
-use crate::ws::{close_payload, Decoder, Message, OpCode, MAX_HEADER_LEN};
+use crate::ws::{close_payload, Decoded, Decoder, Message, OpCode, MAX_HEADER_LEN};
 
 /// How the connection is doing after a pass over the bytes read.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,8 +153,21 @@ fn process(core: &Rc<Core>, s: &Rc<Session>, rx: &mut Receiver, buf: &mut BytesM
         return;
     }
     loop {
-        let msg = match rx.decoder.decode(buf, core.settings.max_message_size) {
-            Ok(Some(msg)) => msg,
+        let msg = match rx
+            .decoder
+            .decode_small(buf, core.settings.max_message_size, SMALL)
+        {
+            Ok(Some(Decoded::Message(msg))) => msg,
+            Ok(Some(Decoded::InPlace { text, len })) => {
+                if !s.has(flag::CLOSE_SENT) {
+                    if let Some(payload) = buf.get(..len) {
+                        bump(&core.counters.messages_in);
+                        core.upstream.data_copy(s, text, payload);
+                    }
+                }
+                buf.advance(len.min(buf.len()));
+                continue;
+            }
             Ok(None) => return,
             Err(e) => {
                 bump(&core.counters.protocol_errors);

@@ -277,11 +277,22 @@ impl Core {
     /// memory. So a message of any allowed size always gets through to a reading client (even with a
     /// ping queued beside it), and a client holds at most the backlog plus one message.
     pub fn send(&self, s: &Rc<Session>, opcode: OpCode, payload: Bytes) {
+        self.send_with(s, |s| {
+            s.push_frame(opcode, detach_if_parked(s.has(flag::WRITER), payload))
+        });
+    }
+
+    /// [`Core::send`] for a game-sized payload, copied into the session's queue.
+    pub fn send_copy(&self, s: &Rc<Session>, opcode: OpCode, payload: &[u8]) {
+        self.send_with(s, |s| s.push_frame_copy(opcode, payload));
+    }
+
+    fn send_with(&self, s: &Rc<Session>, push: impl FnOnce(&Session)) {
         if s.has(flag::CLOSE_SENT | flag::BROKEN | flag::ENDED) {
             return;
         }
         let before = s.queued();
-        s.push_frame(opcode, detach_if_parked(s.has(flag::WRITER), payload));
+        push(s);
         bump(&self.counters.messages_out);
         if before > self.settings.max_client_backlog {
             bump(&self.counters.backlog_closes);

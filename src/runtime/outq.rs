@@ -1,10 +1,11 @@
-//! A bounded-by-its-owner queue of outgoing frames, each a small header beside a `Bytes` payload,
-//! written with vectored nonblocking sends.
+//! A bounded-by-its-owner queue of outgoing frames, written with vectored nonblocking sends: large
+//! payloads as `Bytes` handles with their small header beside them, game-sized ones copied with their
+//! header into one contiguous run behind them.
 //!
-//! Owns the bytes waiting for one socket (a client's or an upstream link's). Never copies a payload
-//! to prepend its header and never blocks: what the socket does not take stays queued. Its owner
-//! enforces the byte bound (`queued()`), since the right reaction differs (close a client, pause the
-//! sessions feeding a link).
+//! Owns the bytes waiting for one socket (a client's or an upstream link's). Never copies a large
+//! payload, never keeps an allocation once everything has left, and never blocks: what the socket
+//! does not take stays queued. Its owner enforces the byte bound (`queued()`), since the right
+//! reaction differs (close a client, pause the sessions feeding a link).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -45,6 +46,12 @@ pub enum Flush {
 #[derive(Default)]
 pub struct OutQueue {
     frames: VecDeque<OutFrame>,
+    /// Frames copied in whole ([`OutQueue::push_copy`]), in order after every frame in `frames`.
+    /// A game-sized message costs a copy of a few dozen bytes here, against a `Bytes` handle with
+    /// atomic reference counts and a queue slot each; a flush of nothing else is one `send`.
+    run: Vec<u8>,
+    /// Bytes of `run` already written.
+    run_sent: usize,
     queued: usize,
 }
 
@@ -54,8 +61,20 @@ impl OutQueue {
         self.queued
     }
 
+    /// Queues `head` then `payload` by copying both behind what is queued: for payloads of a few
+    /// hundred bytes at most, which the flush would copy together anyway.
+    pub fn push_copy(&mut self, head: &[u8], payload: &[u8]) {
+        if self.run.capacity() == 0 {
+            self.run.reserve(RUN_START);
+        }
+        self.run.extend_from_slice(head);
+        self.run.extend_from_slice(payload);
+        self.queued += head.len() + payload.len();
+    }
+
     /// Queues `head` (at most [`HEAD_CAP`] bytes; longer is a caller bug and is cut) then `payload`.
     pub fn push(&mut self, head: &[u8], payload: Bytes) {
+        self.seal_run();
         let n = head.len().min(HEAD_CAP);
         let mut h = [0u8; HEAD_CAP];
         h[..n].copy_from_slice(&head[..n]);
@@ -69,12 +88,32 @@ impl OutQueue {
         self.frames.push_back(f);
     }
 
+    /// Moves the copied run into `frames`, so that a frame queued after it leaves after it.
+    fn seal_run(&mut self) {
+        if self.run_sent < self.run.len() {
+            let run = Bytes::from(std::mem::take(&mut self.run));
+            self.frames.push_back(OutFrame {
+                payload: run,
+                head: [0; HEAD_CAP],
+                head_len: 0,
+                sent: std::mem::take(&mut self.run_sent),
+            });
+        }
+    }
+
     /// Drops every frame that has not started to leave; a partly written frame must finish or the
-    /// peer would see a corrupt stream.
+    /// peer would see a corrupt stream. A copied run keeps no frame boundaries, so one that has
+    /// started to leave is kept whole.
     pub fn discard_unsent(&mut self) {
+        // (A run that started to leave is behind every frame, so `frames` is empty then.)
+        if self.run_sent == 0 {
+            self.run = Vec::new();
+            self.run_sent = 0;
+        }
         let keep = usize::from(self.frames.front().is_some_and(|f| f.sent > 0));
         self.frames.truncate(keep);
-        self.queued = self.frames.iter().map(|f| f.len() - f.sent).sum();
+        self.queued = self.frames.iter().map(|f| f.len() - f.sent).sum::<usize>()
+            + (self.run.len() - self.run_sent);
     }
 
     pub fn clear(&mut self) {
@@ -92,8 +131,10 @@ impl OutQueue {
     fn flush_with(&mut self, fd: RawFd, scratch: &mut Vec<u8>) -> io::Result<Flush> {
         while !self.frames.is_empty() {
             let mut plan = Plan::new(scratch);
+            let mut all = true;
             for f in self.frames.iter() {
                 if plan.n_iov + 2 > MAX_IOV {
+                    all = false;
                     break;
                 }
                 let head_len = f.head_len as usize;
@@ -105,6 +146,11 @@ impl OutQueue {
                     plan.add(body);
                 }
             }
+            // The copied run goes out in the same call, as it is: it is contiguous already.
+            let run = &self.run[self.run_sent..];
+            if all && !run.is_empty() && plan.n_iov < MAX_IOV {
+                plan.add_whole(run);
+            }
             let iov = plan.iovecs();
             let Some(mut written) = sys::send_vectored(fd, iov)? else {
                 return Ok(Flush::Blocked);
@@ -112,6 +158,7 @@ impl OutQueue {
             self.queued -= written;
             while written > 0 {
                 let Some(front) = self.frames.front_mut() else {
+                    self.run_sent += written;
                     break;
                 };
                 let left = front.len() - front.sent;
@@ -124,14 +171,31 @@ impl OutQueue {
                 }
             }
         }
-        // An idle socket must not keep the queue's allocation.
+        while self.run_sent < self.run.len() {
+            let rest = &self.run[self.run_sent..];
+            let one = [libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            }];
+            let Some(written) = sys::send_vectored(fd, &one)? else {
+                return Ok(Flush::Blocked);
+            };
+            self.queued -= written;
+            self.run_sent += written;
+        }
+        // An idle socket must not keep the queue's allocations.
         self.frames = VecDeque::new();
+        self.run = Vec::new();
+        self.run_sent = 0;
         Ok(Flush::Done)
     }
 }
 
-/// Pieces up to this size are copied together rather than given a slice each.
-const SMALL: usize = 256;
+/// Pieces up to this size are copied together rather than given a slice each; payloads up to this
+/// size are what callers hand to [`OutQueue::push_copy`].
+pub const SMALL: usize = 256;
+/// First allocation of a copied run: a burst of a few game-sized frames.
+const RUN_START: usize = 512;
 /// Room for the copied pieces of one sendmsg: a burst of a few hundred small frames to a link.
 const SCRATCH: usize = 16 * 1024;
 
@@ -188,6 +252,15 @@ impl<'a> Plan<'a> {
                 iov_len: len,
             };
         }
+        self.n_iov += 1;
+    }
+
+    /// Adds a piece as a slice of its own, never copied.
+    fn add_whole(&mut self, piece: &[u8]) {
+        self.iov[self.n_iov] = libc::iovec {
+            iov_base: piece.as_ptr() as *mut libc::c_void,
+            iov_len: piece.len(),
+        };
         self.n_iov += 1;
     }
 
@@ -257,7 +330,12 @@ mod tests {
             let payload = rng.bytes(len);
             expect.extend_from_slice(&head);
             expect.extend_from_slice(&payload);
-            q.push(&head, Bytes::from(payload));
+            // Copied and handed-over frames interleave, so runs are sealed between large frames.
+            if len <= SMALL && rng.below(3) > 0 {
+                q.push_copy(&head, &payload);
+            } else {
+                q.push(&head, Bytes::from(payload));
+            }
         }
         assert_eq!(q.queued(), expect.len());
         let total = expect.len();
@@ -277,6 +355,50 @@ mod tests {
         assert_eq!(q.queued(), 0);
         let all = reader.join().unwrap();
         assert!(all == expect, "the stream differs from the frames queued");
+    }
+
+    #[test]
+    fn a_copied_run_that_started_to_leave_is_kept_whole_and_sealed_in_order() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..200_000u32 {
+            let piece = i.to_be_bytes();
+            q.push_copy(b"h", &piece);
+            expect.push(b'h');
+            expect.extend_from_slice(&piece);
+        }
+        assert_eq!(q.flush(a.as_raw_fd()).unwrap(), Flush::Blocked);
+        let left = q.queued();
+        assert!(left > 0 && left < expect.len());
+        // No frame boundaries are known inside the run: all of it stays.
+        q.discard_unsent();
+        assert_eq!(q.queued(), left);
+        // A large frame queued now must leave after the rest of the run.
+        q.push(b"BIG", Bytes::from(vec![9u8; 100_000]));
+        expect.extend_from_slice(b"BIG");
+        expect.extend_from_slice(&[9u8; 100_000]);
+        let total = expect.len();
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; total];
+            b.read_exact(&mut all).unwrap();
+            all
+        });
+        while q.flush(a.as_raw_fd()).unwrap() == Flush::Blocked {
+            std::thread::yield_now();
+        }
+        assert_eq!(q.queued(), 0);
+        assert!(reader.join().unwrap() == expect);
+    }
+
+    #[test]
+    fn discard_unsent_drops_a_copied_run_that_has_not_started() {
+        let mut q = OutQueue::default();
+        q.push_copy(b"h", b"one");
+        q.push_copy(b"h", b"two");
+        q.discard_unsent();
+        assert_eq!(q.queued(), 0);
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub struct Session {
     /// The driver's waker while it waits for the socket to become readable (the poller wakes it)
     /// or for a congested link to drain (so that a close can wake it).
     pub waker: Cell<Option<std::task::Waker>>,
-    out: RefCell<OutQueue>,
+    /// Allocated while bytes wait to be written, and only then: an idle session holds no queue.
+    out: RefCell<Option<Box<OutQueue>>>,
 }
 
 impl Session {
@@ -91,7 +92,7 @@ impl Session {
             sent_code: Cell::new(0),
             route: Cell::new(u16::MAX),
             waker: Cell::new(None),
-            out: RefCell::new(OutQueue::default()),
+            out: RefCell::new(None),
         }
     }
 
@@ -109,33 +110,61 @@ impl Session {
 
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
-        self.out.borrow().queued()
+        self.out.borrow().as_ref().map_or(0, |q| q.queued())
     }
 
     /// Queues one WebSocket frame; the caller decides when to flush.
     pub fn push_frame(&self, opcode: OpCode, payload: Bytes) {
         let mut head = [0u8; crate::ws::MAX_HEADER_LEN];
         let len = encode_header(&mut head, true, opcode, payload.len() as u64);
-        self.out.borrow_mut().push(&head[..len], payload);
+        self.queue().push(&head[..len], payload);
+    }
+
+    /// Queues one WebSocket frame of a game-sized payload (at most [`SMALL`](crate::runtime::outq::SMALL)
+    /// bytes), copied in.
+    pub fn push_frame_copy(&self, opcode: OpCode, payload: &[u8]) {
+        let mut head = [0u8; crate::ws::MAX_HEADER_LEN];
+        let len = encode_header(&mut head, true, opcode, payload.len() as u64);
+        self.queue().push_copy(&head[..len], payload);
     }
 
     /// Queues bytes verbatim (the handshake response).
     pub fn push_raw(&self, bytes: Bytes) {
-        self.out.borrow_mut().push(&[], bytes);
+        self.queue().push(&[], bytes);
+    }
+
+    fn queue(&self) -> std::cell::RefMut<'_, OutQueue> {
+        std::cell::RefMut::map(self.out.borrow_mut(), |q| {
+            &mut **q.get_or_insert_with(Box::default)
+        })
     }
 
     /// Drops what has not started to leave (see [`OutQueue::discard_unsent`]).
     pub fn discard_unsent(&self) {
-        self.out.borrow_mut().discard_unsent();
+        let mut out = self.out.borrow_mut();
+        if let Some(q) = out.as_mut() {
+            q.discard_unsent();
+            if q.queued() == 0 {
+                *out = None;
+            }
+        }
     }
 
     pub fn discard_all(&self) {
-        self.out.borrow_mut().clear();
+        *self.out.borrow_mut() = None;
     }
 
-    /// Writes as much of the queue as the socket takes.
+    /// Writes as much of the queue as the socket takes; the queue is freed once it is empty.
     pub fn flush(&self) -> io::Result<Flush> {
-        self.out.borrow_mut().flush(self.stream.as_raw_fd())
+        let mut out = self.out.borrow_mut();
+        let Some(q) = out.as_mut() else {
+            return Ok(Flush::Done);
+        };
+        let done = q.flush(self.stream.as_raw_fd())?;
+        if done == Flush::Done {
+            *out = None;
+        }
+        Ok(done)
     }
 }
 
@@ -147,7 +176,7 @@ mod tests {
     fn session_stays_small() {
         // The idle-connection budget (docs/architecture.md) counts on this.
         assert!(
-            std::mem::size_of::<Session>() <= 200,
+            std::mem::size_of::<Session>() <= 168,
             "{}",
             std::mem::size_of::<Session>()
         );

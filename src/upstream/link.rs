@@ -11,11 +11,12 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
 use crate::runtime::event::Countdown;
+use crate::runtime::outq::SMALL;
 use crate::runtime::{
     detach_if_parked, flag, sys, Core, Flush, Gate, Notify, OutQueue, ReadOutcome, Session,
 };
@@ -153,15 +154,29 @@ impl Link {
 
     /// A client message, forwarded without copying: the 14-byte header is queued beside it.
     pub fn data(&self, s: &Session, text: bool, payload: Bytes) {
+        if let Some(head) = self.data_header(s, text, payload.len()) {
+            let payload = detach_if_parked(self.blocked.get(), payload);
+            self.out.borrow_mut().push(&head, payload);
+            self.after_push();
+        }
+    }
+
+    /// A game-sized client message, copied in with its header.
+    pub fn data_copy(&self, s: &Session, text: bool, payload: &[u8]) {
+        if let Some(head) = self.data_header(s, text, payload.len()) {
+            self.out.borrow_mut().push_copy(&head, payload);
+            self.after_push();
+        }
+    }
+
+    fn data_header(&self, s: &Session, text: bool, len: usize) -> Option<[u8; proto::HEADER_LEN]> {
         if s.has(flag::UPSTREAM_DONE) || !self.is_up() {
-            return;
+            return None;
         }
         let mut head = [0u8; proto::HEADER_LEN];
         let flags = if text { proto::FLAG_TEXT } else { 0 };
-        proto::encode_header(&mut head, FrameType::Data, flags, s.id, payload.len());
-        let payload = detach_if_parked(self.blocked.get(), payload);
-        self.out.borrow_mut().push(&head, payload);
-        self.after_push();
+        proto::encode_header(&mut head, FrameType::Data, flags, s.id, len);
+        Some(head)
     }
 
     /// The client side of a session ended: tell the game server ("player offline").
@@ -335,8 +350,16 @@ impl Link {
             }
             self.last_rx.set(Instant::now());
             loop {
-                match proto::decode(&mut buf, self.settings.max_frame) {
-                    Ok(Some(frame)) => {
+                match proto::decode_small(&mut buf, self.settings.max_frame, SMALL) {
+                    Ok(Some(proto::Decoded::Data { session, text, len })) => {
+                        if let (Some(s), Some(body)) =
+                            (self.sessions.borrow().get(&session), buf.get(..len))
+                        {
+                            core.send_copy(s, data_opcode(text), body);
+                        }
+                        buf.advance(len.min(buf.len()));
+                    }
+                    Ok(Some(proto::Decoded::Frame(frame))) => {
                         if let Err(end) = self.on_frame(core, frame) {
                             return end;
                         }
@@ -359,8 +382,7 @@ impl Link {
                 payload,
             } => {
                 if let Some(s) = self.sessions.borrow().get(&session) {
-                    let op = if text { OpCode::Text } else { OpCode::Binary };
-                    core.send(s, op, payload);
+                    core.send(s, data_opcode(text), payload);
                 }
             }
             Frame::Close {
@@ -491,6 +513,14 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+fn data_opcode(text: bool) -> OpCode {
+    if text {
+        OpCode::Text
+    } else {
+        OpCode::Binary
     }
 }
 

@@ -187,6 +187,13 @@ impl Upstreams {
         }
     }
 
+    /// [`Upstreams::data`] for a game-sized message, copied into the link's queue.
+    pub fn data_copy(&self, s: &Session, text: bool, payload: &[u8]) {
+        if let Some(l) = self.links.get(s.route.get() as usize) {
+            l.data_copy(s, text, payload);
+        }
+    }
+
     pub fn closed(&self, s: &Session, code: u16) {
         if let Some(l) = self.links.get(s.route.get() as usize) {
             l.closed(s, code);

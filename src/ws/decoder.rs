@@ -12,7 +12,10 @@
 //!   `Option<BytesMut>` fragment accumulator, which owns no heap memory
 //!   unless a fragmented message is in flight); a unit test pins it at ≤ 64.
 //! - An unfragmented data frame, and every control frame, is returned with
-//!   `split_to(len).freeze()` on the caller's buffer: no copy.
+//!   `split_to(len).freeze()` on the caller's buffer: no copy. Through
+//!   [`Decoder::decode_small`], an unfragmented data message up to the
+//!   caller's limit is instead left unmasked in place for the caller to copy
+//!   and consume, which spares a game-sized message its `Bytes` handle.
 //! - A fragmented message is copied once, frame by frame as each frame
 //!   completes, into the accumulator (plus that buffer's amortised growth).
 //!
@@ -36,6 +39,19 @@ pub enum Message {
     Pong(bytes::Bytes),
     /// `None` when the close frame had an empty payload.
     Close(Option<CloseFrame>),
+}
+
+/// What [`Decoder::decode_small`] found at the front of the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Message(Message),
+    /// A whole, unfragmented data message of at most the caller's limit, unmasked (and, for text,
+    /// validated) in place: it is `buf[..len]`, and the caller consumes it with `buf.advance(len)`
+    /// before decoding on.
+    InPlace {
+        text: bool,
+        len: usize,
+    },
 }
 
 /// Why the connection must be failed; `close_code` is the status to send.
@@ -129,6 +145,30 @@ impl Decoder {
         buf: &mut BytesMut,
         max_message_size: usize,
     ) -> Result<Option<Message>, ProtocolError> {
+        match self.next(buf, max_message_size, None)? {
+            Some(Decoded::Message(m)) => Ok(Some(m)),
+            // Only returned when a limit is given.
+            Some(Decoded::InPlace { .. }) | None => Ok(None),
+        }
+    }
+
+    /// Like [`Decoder::decode`], except that an unfragmented data message of at most `small` bytes
+    /// is left in place ([`Decoded::InPlace`]) for the caller to copy.
+    pub fn decode_small(
+        &mut self,
+        buf: &mut BytesMut,
+        max_message_size: usize,
+        small: usize,
+    ) -> Result<Option<Decoded>, ProtocolError> {
+        self.next(buf, max_message_size, Some(small))
+    }
+
+    fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        max_message_size: usize,
+        small: Option<usize>,
+    ) -> Result<Option<Decoded>, ProtocolError> {
         loop {
             let frame = match self.frame {
                 Some(frame) => frame,
@@ -162,11 +202,24 @@ impl Decoder {
                 return Ok(None);
             }
 
-            let payload = buf.split_to(frame.len);
             self.frame = None;
             self.unmasked = 0;
+            // parse_header only lets Text/Binary through when no fragmented message is in flight,
+            // so a final one is a whole message.
+            let whole_data = frame.fin && matches!(frame.opcode, OpCode::Text | OpCode::Binary);
+            if whole_data && small.is_some_and(|limit| frame.len <= limit) {
+                let text = frame.opcode == OpCode::Text;
+                if text {
+                    self.finish_text()?;
+                }
+                return Ok(Some(Decoded::InPlace {
+                    text,
+                    len: frame.len,
+                }));
+            }
+            let payload = buf.split_to(frame.len);
             if let Some(message) = self.complete_frame(frame, payload)? {
-                return Ok(Some(message));
+                return Ok(Some(Decoded::Message(message)));
             }
         }
     }
@@ -328,9 +381,15 @@ impl Decoder {
         if !is_text {
             return Ok(Message::Binary(data.freeze()));
         }
+        self.finish_text()?;
+        Ok(Message::Text(data.freeze()))
+    }
+
+    /// A text message ends here: it must not stop inside a UTF-8 sequence.
+    fn finish_text(&mut self) -> Result<(), ProtocolError> {
         self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         self.utf8.reset();
-        Ok(Message::Text(data.freeze()))
+        Ok(())
     }
 }
 
@@ -360,6 +419,12 @@ mod tests {
     /// With `migrate`, moves the unconsumed bytes to a fresh buffer before
     /// every call, as the driver is allowed to.
     fn run(chunks: &[&[u8]], max: usize, migrate: bool) -> Outcome {
+        run_with(chunks, max, migrate, None)
+    }
+
+    /// [`run`] through `decode_small` when `small` is given, turning what it leaves in place into
+    /// the message `decode` would have returned.
+    fn run_with(chunks: &[&[u8]], max: usize, migrate: bool, small: Option<usize>) -> Outcome {
         let mut decoder = Decoder::new();
         let mut buf = BytesMut::new();
         let mut messages = Vec::new();
@@ -369,7 +434,24 @@ mod tests {
                 if migrate {
                     buf = BytesMut::from(&buf[..]);
                 }
-                match decoder.decode(&mut buf, max) {
+                let next = match small {
+                    None => decoder.decode(&mut buf, max),
+                    Some(limit) => decoder.decode_small(&mut buf, max, limit).map(|d| {
+                        d.map(|d| match d {
+                            Decoded::Message(m) => m,
+                            Decoded::InPlace { text, len } => {
+                                assert!(len <= limit, "{len} left in place over the limit {limit}");
+                                let payload = buf.split_to(len).freeze();
+                                if text {
+                                    Message::Text(payload)
+                                } else {
+                                    Message::Binary(payload)
+                                }
+                            }
+                        })
+                    }),
+                };
+                match next {
                     Ok(Some(m)) => {
                         let stop = matches!(m, Message::Close(_));
                         messages.push(m);
@@ -919,8 +1001,14 @@ mod tests {
             let migrate = rng.below(2) == 0;
             assert_eq!(
                 run(&chunks, MAX, migrate),
-                (expected, None),
+                (expected.clone(), None),
                 "round {round}"
+            );
+            let small = Some(rng.below(400));
+            assert_eq!(
+                run_with(&chunks, MAX, migrate, small),
+                (expected, None),
+                "round {round}, in place up to {small:?}"
             );
         }
     }
@@ -946,6 +1034,9 @@ mod tests {
             let chunks = random_chunks(&mut rng, &input);
             let split = run(&chunks, max, round % 2 == 0);
             assert_eq!(split, run(&[&input], max, false), "round {round}");
+            let small = Some(rng.below(400));
+            let in_place = run_with(&chunks, max, round % 2 == 1, small);
+            assert_eq!(in_place, split, "round {round}, in place up to {small:?}");
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod handshake;
 pub mod utf8;
 
 pub use close::{close_payload, is_valid_close_code, parse_close_payload, CloseFrame};
-pub use decoder::{Decoder, Message, ProtocolError};
+pub use decoder::{Decoded, Decoder, Message, ProtocolError};
 pub use frame::{
     apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, OpCode, MAX_HEADER_LEN,
 };

@@ -53,6 +53,30 @@ impl DecodeError {
     }
 }
 
+/// What [`decode_small`] found at the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Frame(Frame),
+    /// A DATA frame whose body is at most the caller's limit, left in place: its header is
+    /// consumed, the body is `buf[..len]`, and the caller consumes it with `buf.advance(len)`
+    /// before decoding on.
+    Data {
+        session: u64,
+        text: bool,
+        len: usize,
+    },
+}
+
+/// Like [`decode`], except that a DATA body of at most `small` bytes is left in place
+/// ([`Decoded::Data`]) for the caller to copy: a game-sized message then costs no `Bytes` handle.
+pub fn decode_small(
+    buf: &mut BytesMut,
+    max_frame: usize,
+    small: usize,
+) -> Result<Option<Decoded>, DecodeError> {
+    next(buf, max_frame, Some(small))
+}
+
 /// Decodes the next complete frame from the front of `buf`, consuming it; `Ok(None)` if more
 /// bytes are needed, in which case nothing is consumed.
 ///
@@ -60,6 +84,18 @@ impl DecodeError {
 /// bytes are in (nothing reserved or allocated for it). After an error the link is unusable and
 /// what is left in `buf` is meaningless.
 pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, DecodeError> {
+    match next(buf, max_frame, None)? {
+        Some(Decoded::Frame(frame)) => Ok(Some(frame)),
+        // Only returned when a limit is given.
+        Some(Decoded::Data { .. }) | None => Ok(None),
+    }
+}
+
+fn next(
+    buf: &mut BytesMut,
+    max_frame: usize,
+    small: Option<usize>,
+) -> Result<Option<Decoded>, DecodeError> {
     let Some(&length_bytes) = buf.first_chunk::<4>() else {
         return Ok(None);
     };
@@ -95,8 +131,15 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Dec
         return Ok(None);
     }
     buf.advance(HEADER_LEN);
+    if ty == FrameType::Data && small.is_some_and(|limit| body_len <= limit) {
+        return Ok(Some(Decoded::Data {
+            session,
+            text: flags & FLAG_TEXT != 0,
+            len: body_len,
+        }));
+    }
     let body = buf.split_to(body_len).freeze();
-    body_frame(ty, flags, session, body).map(Some)
+    body_frame(ty, flags, session, body).map(|f| Some(Decoded::Frame(f)))
 }
 
 /// The frame for a complete, header-checked body.

@@ -14,7 +14,7 @@ mod encode;
 mod frame;
 mod open;
 
-pub use decode::{decode, DecodeError};
+pub use decode::{decode, decode_small, DecodeError, Decoded};
 pub use encode::{
     close, data_frame, encode_header, goaway, hello, hello_ack, hello_with_version, link_error,
     ping, pong, refuse,

@@ -343,3 +343,65 @@ fn mutated_valid_frames_never_panic() {
     }
     assert!(decoded > 4000, "only {decoded} frames survived mutation");
 }
+
+/// Every frame of `bytes`, and the error that stopped decoding if one did; through `decode_small`
+/// when `small` is given, with what it leaves in place turned into the frame `decode` returns.
+fn outcome(
+    bytes: &[u8],
+    max_frame: usize,
+    small: Option<usize>,
+) -> (Vec<Frame>, Option<DecodeError>) {
+    let mut buf = BytesMut::from(bytes);
+    let mut frames = Vec::new();
+    loop {
+        let next = match small {
+            None => decode(&mut buf, max_frame),
+            Some(limit) => decode_small(&mut buf, max_frame, limit).map(|d| {
+                d.map(|d| match d {
+                    Decoded::Frame(f) => f,
+                    Decoded::Data { session, text, len } => {
+                        assert!(len <= limit, "{len} left in place over the limit {limit}");
+                        Frame::Data {
+                            session,
+                            text,
+                            payload: buf.split_to(len).freeze(),
+                        }
+                    }
+                })
+            }),
+        };
+        match next {
+            Ok(Some(f)) => frames.push(f),
+            Ok(None) => return (frames, None),
+            Err(e) => return (frames, Some(e)),
+        }
+    }
+}
+
+#[test]
+fn small_data_left_in_place_matches_decode() {
+    let (frames, stream) = sample_stream();
+    for small in [0, 1, 2, 16, 256, MAX] {
+        assert_eq!(
+            outcome(&stream, MAX, Some(small)),
+            (frames.clone(), None),
+            "small {small}"
+        );
+    }
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    for round in 0..4000 {
+        let mut bytes = stream.clone();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(bytes.len());
+            bytes[at] ^= 1 << rng.below(8);
+        }
+        bytes.truncate(rng.below(bytes.len() + 1).max(1));
+        let max_frame = [MAX, 200][round % 2];
+        let small = Some(rng.below(300));
+        assert_eq!(
+            outcome(&bytes, max_frame, small),
+            outcome(&bytes, max_frame, None),
+            "round {round}, small {small:?}"
+        );
+    }
+}
