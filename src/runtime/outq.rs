@@ -194,8 +194,8 @@ impl OutQueue {
 /// Pieces up to this size are copied together rather than given a slice each; payloads up to this
 /// size are what callers hand to [`OutQueue::push_copy`].
 pub const SMALL: usize = 256;
-/// First allocation of a copied run: a burst of a few game-sized frames.
-const RUN_START: usize = 512;
+/// First allocation of a copied run: room for a burst of a dozen 64-byte frames without regrowing.
+const RUN_START: usize = 1024;
 /// Room for the copied pieces of one sendmsg: a burst of a few hundred small frames to a link.
 const SCRATCH: usize = 16 * 1024;
 
