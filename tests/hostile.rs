@@ -243,12 +243,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     // 125-byte pings, never reading the pongs. The writes stop succeeding once the server has
     // closed the connection (or TCP pushes back); either way the server must not buffer them all.
     let ping = frame_bytes(true, 0, OP_PING, &[0x55; 125], true);
-    let burst: Vec<u8> = ping
-        .iter()
-        .copied()
-        .cycle()
-        .take(ping.len() * 1000)
-        .collect();
+    let burst = ping.repeat(1000);
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     for _ in 0..200 {
         if s.write_all(&burst).is_err() {
@@ -282,12 +277,7 @@ fn a_client_keeping_its_socket_full_does_not_starve_its_neighbour() {
             // Unsolicited pongs: the server reads and drops them, so nothing pushes back but TCP.
             // Bounded, so that the test ends even if the server hangs.
             let pong = frame_bytes(true, 0, OP_PONG, &[0x33; 100], true);
-            let burst: Vec<u8> = pong
-                .iter()
-                .copied()
-                .cycle()
-                .take(pong.len() * 2000)
-                .collect();
+            let burst = pong.repeat(2000);
             let until = Instant::now() + Duration::from_secs(30);
             // A sustained flood before the neighbour starts: once the writer has got well ahead
             // of the server, every read the server makes fills its buffer.
@@ -331,12 +321,7 @@ fn a_client_hanging_up_behind_a_long_burst_is_released() {
     // Megabytes the server is still working through when the FIN arrives behind them: the end of
     // the connection must be seen even though it came while the socket was already marked readable.
     let pong = frame_bytes(true, 0, OP_PONG, &[0x44; 100], true);
-    let burst: Vec<u8> = pong
-        .iter()
-        .copied()
-        .cycle()
-        .take(pong.len() * 80_000)
-        .collect();
+    let burst = pong.repeat(80_000);
     s.write_all(&burst).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let took = time_to_end(&mut s, Instant::now());
