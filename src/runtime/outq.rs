@@ -246,13 +246,10 @@ impl<'a> Plan<'a> {
                 iov_base: used as *mut libc::c_void,
                 iov_len: len,
             };
+            self.n_iov += 1;
         } else {
-            self.iov[self.n_iov] = libc::iovec {
-                iov_base: piece.as_ptr() as *mut libc::c_void,
-                iov_len: len,
-            };
+            self.add_whole(piece);
         }
-        self.n_iov += 1;
     }
 
     /// Adds a piece as a slice of its own, never copied.
