@@ -538,8 +538,8 @@ fn warm_connection(
         head.push(byte[0]);
     }
     if head.starts_with(b"HTTP/1.1 101") {
-        // A ping answered means the target has finished setting up the session (its buffers and
-        // its upstream OPEN), so the memory baseline read next includes all of that.
+        // A ping answered means the target's session exists and has read from its socket, so the
+        // memory baseline read next includes what one established connection costs it.
         let mut ping = Vec::new();
         frame::write_client_frame(&mut ping, frame::OP_PING, b"warm", [1, 2, 3, 4]);
         s.write_all(&ping)?;

@@ -139,16 +139,11 @@ impl CpuMark {
     fn cores_until(&self, later: &CpuMark) -> Cores {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-3);
         let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9 / secs;
+        let target = self.target.zip(later.target);
         Cores {
             harness: per(self.harness, later.harness),
-            target: match (self.target, later.target) {
-                (Some(a), Some(b)) => Some(per(a.total_ns(), b.total_ns())),
-                _ => None,
-            },
-            target_kernel: match (self.target, later.target) {
-                (Some(a), Some(b)) => Some(per(a.kernel_ns, b.kernel_ns)),
-                _ => None,
-            },
+            target: target.map(|(a, b)| per(a.total_ns(), b.total_ns())),
+            target_kernel: target.map(|(a, b)| per(a.kernel_ns, b.kernel_ns)),
             machine: per(self.machine, later.machine),
         }
     }
