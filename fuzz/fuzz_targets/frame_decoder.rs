@@ -1,4 +1,5 @@
-//! `ws::Decoder::decode` driven like the runtime drives it, on arbitrary bytes.
+//! `ws::Decoder::decode` on arbitrary bytes, fed the way the runtime feeds it (and, for coverage,
+//! on past a Close, where the runtime stops).
 //!
 //! Input layout: byte 0 picks `max_message_size` (`8 * byte`, so 0..=2040: small, so the limit
 //! is hit often), bytes 1-2 seed the read-size and buffer-migration choices, the rest is the
