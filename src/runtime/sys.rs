@@ -43,23 +43,17 @@ pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome
         return Ok(ReadOutcome::Data(0));
     }
     loop {
-        // SAFETY: the kernel writes at most spare.len() bytes into memory we own and have not
-        // initialised; set_len below covers exactly the bytes it reported.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
-        if n > 0 {
-            let n = n as usize;
-            // SAFETY: n ≤ spare.len() bytes were just initialised by recv(2).
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(ReadOutcome::Data(n));
-        }
-        if n == 0 {
-            return Ok(ReadOutcome::Eof);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
-            _ => return Err(err),
+        match rustix::net::recv(borrow(fd), &mut *spare, rustix::net::RecvFlags::empty()) {
+            Ok((_, 0)) => return Ok(ReadOutcome::Eof),
+            Ok((got, _)) => {
+                let n = got.0.len();
+                // SAFETY: recv(2) just initialised these n bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(ReadOutcome::Data(n));
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(ReadOutcome::WouldBlock),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -67,34 +61,47 @@ pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome
 /// One `sendmsg` (or `send`, for one slice) of the given slices; returns bytes written, or None when
 /// the socket is full.
 pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-    if iov.is_empty() {
-        return Ok(Some(0));
-    }
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len() as _;
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    use rustix::net::SendFlags;
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     loop {
-        // SAFETY: every iovec points into a live Bytes or array owned by the caller for the call.
-        let n = unsafe {
-            match iov {
-                // One slice (the usual case once small pieces are coalesced): send(2) spares the
-                // kernel copying in a message header and an iovec array.
-                [one] => libc::send(fd, one.iov_base, one.iov_len, flags),
-                _ => libc::sendmsg(fd, &msg, flags),
+        let sent = match iov {
+            [] => return Ok(Some(0)),
+            // One slice (the usual case once small pieces are coalesced): send(2) spares the
+            // kernel copying in a message header and an iovec array.
+            [one] => {
+                // SAFETY: the caller keeps the slice's memory alive and unaliased for the call.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(one.iov_base as *const u8, one.iov_len) };
+                rustix::net::send(borrow(fd), bytes, flags)
+            }
+            _ => {
+                // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix, and the
+                // caller keeps every slice's memory alive for the call.
+                let slices = unsafe {
+                    std::slice::from_raw_parts(
+                        iov.as_ptr().cast::<std::io::IoSlice<'_>>(),
+                        iov.len(),
+                    )
+                };
+                let mut control = rustix::net::SendAncillaryBuffer::default();
+                rustix::net::sendmsg(borrow(fd), slices, &mut control, flags)
             }
         };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
+        match sent {
+            Ok(n) => return Ok(Some(n)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The hot-path calls go through rustix's raw syscalls: libc's `recv` and `send` are thread
+/// cancellation points, and switching cancellation on and off around each call cost about 1% of
+/// the proxy at game-sized messages (docs/benchmarks.md).
+fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: every caller passes an fd its owner keeps open for the duration of the call.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 /// `shutdown(2)`; errors (the peer already gone) do not matter to callers.
