@@ -15,7 +15,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 pub use crate::runtime::outq::Flush;
-use crate::runtime::outq::OutQueue;
+use crate::runtime::outq::{spare, OutQueue};
 use crate::ws::{encode_header, OpCode};
 
 /// Where a session lives in its core's registry; stale keys (after the slot was reused) never match.
@@ -135,7 +135,7 @@ impl Session {
 
     fn queue(&self) -> std::cell::RefMut<'_, OutQueue> {
         std::cell::RefMut::map(self.out.borrow_mut(), |q| {
-            &mut **q.get_or_insert_with(Box::default)
+            &mut **q.get_or_insert_with(spare::take)
         })
     }
 
@@ -145,13 +145,17 @@ impl Session {
         if let Some(q) = out.as_mut() {
             q.discard_unsent();
             if q.queued() == 0 {
-                *out = None;
+                if let Some(q) = out.take() {
+                    spare::give(q);
+                }
             }
         }
     }
 
     pub fn discard_all(&self) {
-        *self.out.borrow_mut() = None;
+        if let Some(q) = self.out.borrow_mut().take() {
+            spare::give(q);
+        }
     }
 
     /// Writes as much of the queue as the socket takes; the queue is freed once it is empty.
@@ -162,7 +166,9 @@ impl Session {
         };
         let done = q.flush(self.stream.as_raw_fd())?;
         if done == Flush::Done {
-            *out = None;
+            if let Some(q) = out.take() {
+                spare::give(q);
+            }
         }
         Ok(done)
     }

@@ -24,6 +24,10 @@ use crate::upstream::protocol::{self as proto, Frame, FrameType};
 use crate::upstream::LinkSettings;
 use crate::ws::{is_valid_close_code, OpCode};
 
+/// The copied run a link keeps between flushes: a turn's burst from a few hundred busy sessions
+/// without regrowing it from nothing each time, and no more than this parked per link.
+const RUN_KEPT: usize = 256 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkState {
     Down,
@@ -99,7 +103,7 @@ impl Link {
             settings,
             state: Cell::new(LinkState::Down),
             stream: RefCell::new(None),
-            out: RefCell::new(OutQueue::default()),
+            out: RefCell::new(OutQueue::keeping(RUN_KEPT)),
             wake_writer: Notify::default(),
             gate: Rc::new(Gate::default()),
             blocked: Cell::new(false),
