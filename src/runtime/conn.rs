@@ -1,10 +1,11 @@
-//! The driver of one upgraded connection: waits for readability, reads into the core's shared
-//! buffer, feeds the decoder and acts on what it yields.
+//! The receive side of one upgraded connection: reads into the core's shared buffer, feeds the
+//! decoder and acts on what it yields; and the driver task that waits whenever reading must wait.
 //!
 //! Owns the connection's receive state (the decoder and, only while a frame is incomplete, the bytes
-//! of that frame). Never keeps a read buffer while the connection is idle, never holds the core's
-//! buffer across an await, and never writes to the socket itself: replies go through the session's
-//! queue and the core's flusher.
+//! of that frame), kept in the session so that the core's poller can read for a parked driver
+//! without waking its task. Never keeps a read buffer while the connection is idle, never holds the
+//! core's buffer across an await, and never writes to the socket itself: replies go through the
+//! session's queue and the core's flusher.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -29,95 +30,147 @@ enum Phase {
     Done,
 }
 
-/// Receive-side state that lives in the driver's task while the connection is open.
-struct Receiver {
+/// Receive-side state of a connection, in its session.
+pub struct Receiver {
     decoder: Decoder,
     phase: Phase,
     /// The close code reported upstream when the session ends (1006 until the client says).
     close_code: u16,
+    /// The bytes of an incomplete frame, and only while there is one.
+    pending: BytesMut,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            decoder: Decoder::new(),
+            phase: Phase::Open,
+            close_code: 1006,
+            pending: BytesMut::new(),
+        }
+    }
 }
 
 /// Runs the session until its close completes or the peer goes away, then releases it.
 /// `pending` holds bytes that arrived with the handshake (pipelined frames).
-pub async fn drive(core: Rc<Core>, s: Rc<Session>, mut pending: BytesMut) {
-    let mut rx = Receiver {
-        decoder: Decoder::new(),
-        phase: Phase::Open,
-        close_code: 1006,
-    };
-    let fd = s.stream.as_raw_fd();
+pub async fn drive(core: Rc<Core>, s: Rc<Session>, pending: BytesMut) {
+    // The handshake's buffer is not the core's: an incomplete frame keeps it, and otherwise it is
+    // dropped here, not parked on an idle connection for the life of this task.
+    let mut buf = pending;
     if let Err(e) = core.poller.watch(&s) {
         tracing::warn!(session = s.id, error = %e, "cannot watch the socket, resetting it");
         core.abort(&s);
-        rx.phase = Phase::Done;
-    } else if pending.is_empty() {
-        // The handshake's buffer must not be parked on an idle connection.
-        pending = BytesMut::new();
+    } else if !buf.is_empty() {
+        let mut rx = s.rx.borrow_mut();
+        process(&core, &s, &mut rx, &mut buf);
+        rx.pending = keep_partial(&core, &rx, buf, false);
     } else {
-        process(&core, &s, &mut rx, &mut pending);
-        pending = keep_partial(&core, &rx, pending, false);
+        drop(buf);
     }
-    let mut full = false;
-    while rx.phase != Phase::Done {
+    loop {
+        if s.has(flag::BROKEN) || s.rx.borrow().phase == Phase::Done {
+            break;
+        }
         // A congested link stops us reading this client: TCP carries the backpressure to it.
-        if rx.phase == Phase::Open {
+        if s.rx.borrow().phase == Phase::Open {
             if let Some(gate) = core.upstream.backpressure(&s) {
                 bump(&core.counters.paused);
                 wait_gate(&s, &gate).await;
             }
         }
-        if full {
-            // The socket may hold more: wait for it through the runtime's own poll rather than
-            // read again at once, so that a client keeping its socket full gets one read per turn
-            // of the event loop, like everyone else, and cannot starve its neighbours.
+        if s.has(flag::FULL) {
+            // The last read filled the buffer and the socket may hold more: wait for it through
+            // the runtime's own poll rather than read again at once, so that a client keeping its
+            // socket full gets one read per turn of the event loop, like everyone else, and
+            // cannot starve its neighbours.
+            s.clear(flag::FULL);
             if s.stream.readable(false).await.is_err() {
                 break;
             }
-        } else {
-            poller::readable(&s).await;
+        } else if !s.has(flag::READABLE | flag::PEER_DONE) {
+            // The poller reads for us from here on, and wakes us only for what it leaves.
+            poller::parked(&s).await;
+            continue;
         }
         if s.has(flag::BROKEN) {
             break;
         }
-        let shared = pending.is_empty();
-        let mut buf = if shared {
-            core.take_read_buf()
-        } else {
-            let mut own = std::mem::take(&mut pending);
-            let want = rx
-                .decoder
-                .frame_remaining()
-                .unwrap_or(0)
-                .clamp(4096, READ_BUF);
-            own.reserve(want);
-            own
-        };
-        let room = buf.capacity() - buf.len();
-        match sys::read_into(fd, &mut buf) {
-            Ok(ReadOutcome::Data(n)) => {
-                // A read that left room drained the socket; one that filled the buffer may not
-                // have, so the mark stays and the next pass reads on without waiting for an edge.
-                full = n == room;
-                if !full {
-                    s.clear(flag::READABLE);
-                }
-                s.last_rx.set(core.now());
-                process(&core, &s, &mut rx, &mut buf);
-            }
-            Ok(ReadOutcome::WouldBlock) => s.clear(flag::READABLE),
-            Ok(ReadOutcome::Eof) | Err(_) => rx.phase = Phase::Done,
-        }
-        pending = keep_partial(&core, &rx, buf, shared);
+        pass(&core, &s);
+    }
+    // A driver woken by a panic contained in the poller finds its session already released.
+    if s.has(flag::ENDED) {
+        return;
     }
     s.set(flag::ENDED);
     core.unregister(&s);
     // If we closed first, the game server learns our reason (1001, 1008, ...), not the echo.
     let code = match s.sent_code.get() {
-        0 => rx.close_code,
+        0 => s.rx.borrow().close_code,
         sent => sent,
     };
+    s.rx.borrow_mut().pending = BytesMut::new();
     core.upstream.closed(&s, code);
     tracing::debug!(session = s.id, code, "session ended");
+}
+
+/// The poller's call when a session's socket has news. A driver parked for exactly that is read
+/// for right here, which spares waking and polling its task for every burst; the driver is woken
+/// only when the link is congested, or when the read leaves what only it can do: yield after a
+/// read that filled the buffer, read on to the peer's end, or end the session.
+pub fn on_readable(core: &Rc<Core>, s: &Rc<Session>) {
+    if s.has(flag::PARKED) && core.upstream.backpressure(s).is_none() {
+        // The driver task's own containment does not cover this frame of the stack.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pass(core, s))).is_err() {
+            release_after_panic(core, s);
+        }
+        let leftover = flag::FULL | flag::BROKEN | flag::READABLE | flag::PEER_DONE;
+        if !s.has(leftover) && s.rx.borrow().phase != Phase::Done {
+            return;
+        }
+    }
+    s.clear(flag::PARKED);
+    if let Some(w) = s.waker.take() {
+        w.wake();
+    }
+}
+
+/// One read, into the core's buffer or the incomplete frame's own, and everything it completes.
+/// A read that leaves room drained the socket and clears the readable mark; one that filled the
+/// buffer may not have, so it marks the session `FULL` instead.
+fn pass(core: &Rc<Core>, s: &Rc<Session>) {
+    let mut guard = s.rx.borrow_mut();
+    let rx = &mut *guard;
+    if rx.phase == Phase::Done || s.has(flag::BROKEN) {
+        return;
+    }
+    let shared = rx.pending.is_empty();
+    let mut buf = if shared {
+        core.take_read_buf()
+    } else {
+        let mut own = std::mem::take(&mut rx.pending);
+        let want = rx
+            .decoder
+            .frame_remaining()
+            .unwrap_or(0)
+            .clamp(4096, READ_BUF);
+        own.reserve(want);
+        own
+    };
+    let room = buf.capacity() - buf.len();
+    match sys::read_into(s.stream.as_raw_fd(), &mut buf) {
+        Ok(ReadOutcome::Data(n)) => {
+            if n == room {
+                s.set(flag::FULL);
+            } else {
+                s.clear(flag::READABLE);
+            }
+            s.last_rx.set(core.now());
+            process(core, s, rx, &mut buf);
+        }
+        Ok(ReadOutcome::WouldBlock) => s.clear(flag::READABLE),
+        Ok(ReadOutcome::Eof) | Err(_) => rx.phase = Phase::Done,
+    }
+    rx.pending = keep_partial(core, rx, buf, shared);
 }
 
 /// Keeps the bytes of an incomplete frame for the next read and gives the shared buffer back.

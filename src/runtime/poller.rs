@@ -7,13 +7,15 @@
 //! CPU (docs/benchmarks.md). Registered here once, a socket costs nothing until data arrives, and
 //! one pass over the epoll instance covers every session that became readable meanwhile.
 //!
-//! Owns the epoll descriptor. Never reads a socket: the drivers do, and they clear the mark once a
-//! read shows the socket drained (edge-triggered: the next arrival marks it again). The peer's end
-//! is marked apart and never cleared, since no edge follows it.
+//! Owns the epoll descriptor. Reads a socket only through the connection's own receive path
+//! (`conn::on_readable`), for a driver parked on it; the read clears the mark once it shows the
+//! socket drained (edge-triggered: the next arrival marks it again). The peer's end is marked apart
+//! and never cleared, since no edge follows it.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 
+use crate::runtime::conn;
 use crate::runtime::core::Core;
 use crate::runtime::session::{flag, Session, SessionKey};
 use crate::runtime::sys;
@@ -73,9 +75,7 @@ impl Poller {
                             s.set(flag::PEER_DONE);
                         }
                         s.set(flag::READABLE);
-                        if let Some(w) = s.waker.take() {
-                            w.wake();
-                        }
+                        conn::on_readable(&core, &s);
                     }
                 }
                 if n < BATCH {
@@ -97,18 +97,21 @@ fn key(token: u64) -> SessionKey {
     }
 }
 
-/// Waits until the poller has marked the session readable, or the peer finished, or the session
-/// broke meanwhile.
-pub async fn readable(s: &Session) {
+/// Parks the session's driver until the poller has marked it readable, or the peer finished, or
+/// the session broke meanwhile, or the poller gave the driver back what an inline read left it
+/// (by clearing `PARKED`).
+pub async fn parked(s: &Session) {
+    s.set(flag::PARKED);
     std::future::poll_fn(|cx| {
-        if s.has(flag::READABLE | flag::PEER_DONE | flag::BROKEN) {
+        if !s.has(flag::PARKED) || s.has(flag::READABLE | flag::PEER_DONE | flag::BROKEN) {
             std::task::Poll::Ready(())
         } else {
             s.waker.set(Some(cx.waker().clone()));
             std::task::Poll::Pending
         }
     })
-    .await
+    .await;
+    s.clear(flag::PARKED);
 }
 
 #[cfg(test)]

