@@ -108,7 +108,11 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, pending: BytesMut) {
         0 => s.rx.borrow().close_code,
         sent => sent,
     };
-    s.rx.borrow_mut().pending = BytesMut::new();
+    // Writers may hold the session a while longer; the receive buffers need not wait for them.
+    let mut rx = s.rx.borrow_mut();
+    rx.pending = BytesMut::new();
+    rx.decoder = Decoder::new();
+    drop(rx);
     core.upstream.closed(&s, code);
     tracing::debug!(session = s.id, code, "session ended");
 }

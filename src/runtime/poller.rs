@@ -55,9 +55,10 @@ impl Poller {
         )
     }
 
-    /// Marks readable every watched session with news and wakes its driver; runs for the life of
-    /// the core. Closed sockets leave the epoll instance by themselves, and a token whose slot was
-    /// reused no longer matches, so a late event is dropped.
+    /// Marks readable every watched session with news, and reads for it or wakes its driver
+    /// (`conn::on_readable`); runs for the life of the core. Closed sockets leave the epoll instance
+    /// by themselves, and a token whose slot was reused no longer matches, so a late event is
+    /// dropped.
     pub async fn run(self: Rc<Self>, core: Rc<Core>) {
         let fd: RawFd = self.ep.as_raw_fd();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
