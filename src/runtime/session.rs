@@ -1,8 +1,11 @@
-//! One client connection after its upgrade: its socket, its outbound queue and its lifecycle flags.
+//! One client connection after its upgrade: its socket, its outbound queue, its receive state and its
+//! lifecycle flags.
 //!
 //! Owns the bytes waiting to go to the client and the vectored write that sends them. Never holds
-//! a read buffer (the connection driver borrows the core's while data is in flight) and never
-//! blocks: a write that does not fit in the socket stays queued until the socket is writable.
+//! a read buffer beyond an incomplete frame's bytes (a read borrows the core's buffer while data is
+//! in flight), never holds a write queue while nothing waits (it borrows one of the core's spares),
+//! and never blocks: a write that does not fit in the socket stays queued until the socket is
+//! writable.
 //!
 //! Size: `size_of::<Session>()` is checked by a test below; with its `Rc` and the monoio task of
 //! the connection driver it is the whole user-space cost of an idle connection (docs/architecture.md).
@@ -166,7 +169,8 @@ impl Session {
         }
     }
 
-    /// Writes as much of the queue as the socket takes; the queue is freed once it is empty.
+    /// Writes as much of the queue as the socket takes; the queue goes back to the core's spares
+    /// once it is empty.
     pub fn flush(&self) -> io::Result<Flush> {
         let mut out = self.out.borrow_mut();
         let Some(q) = out.as_mut() else {

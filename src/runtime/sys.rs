@@ -2,6 +2,10 @@
 //!
 //! Owns every `unsafe` block that talks to the kernel about sockets. Must never block: every fd
 //! passed here is nonblocking, and waiting for readiness is the runtime's job.
+//!
+//! The per-message calls (`recv`, `send`, `sendmsg`) go through rustix's raw syscalls: libc's are
+//! thread cancellation points, and switching cancellation on and off around each call cost about 1%
+//! of the proxy at game-sized messages (docs/benchmarks.md).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -96,9 +100,7 @@ pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>
     }
 }
 
-/// The hot-path calls go through rustix's raw syscalls: libc's `recv` and `send` are thread
-/// cancellation points, and switching cancellation on and off around each call cost about 1% of
-/// the proxy at game-sized messages (docs/benchmarks.md).
+/// The fd as rustix takes it.
 fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
     // SAFETY: every caller passes an fd its owner keeps open for the duration of the call.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
