@@ -36,8 +36,9 @@ pub struct Receiver {
     phase: Phase,
     /// The close code reported upstream when the session ends (1006 until the client says).
     close_code: u16,
-    /// The bytes of an incomplete frame, and only while there is one.
-    pending: BytesMut,
+    /// The bytes of an incomplete frame, and only while there is one. Boxed, so that an idle
+    /// connection holds a pointer here rather than a buffer handle four times its size.
+    pending: Option<Box<BytesMut>>,
 }
 
 impl Default for Receiver {
@@ -46,7 +47,7 @@ impl Default for Receiver {
             decoder: Decoder::new(),
             phase: Phase::Open,
             close_code: 1006,
-            pending: BytesMut::new(),
+            pending: None,
         }
     }
 }
@@ -63,7 +64,7 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, pending: BytesMut) {
     } else if !buf.is_empty() {
         let mut rx = s.rx.borrow_mut();
         process(&core, &s, &mut rx, &mut buf);
-        rx.pending = keep_partial(&core, &rx, buf, false);
+        rx.pending = park(keep_partial(&core, &rx, buf, false));
     } else {
         drop(buf);
     }
@@ -110,7 +111,7 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, pending: BytesMut) {
     };
     // Writers may hold the session a while longer; the receive buffers need not wait for them.
     let mut rx = s.rx.borrow_mut();
-    rx.pending = BytesMut::new();
+    rx.pending = None;
     rx.decoder = Decoder::new();
     drop(rx);
     core.upstream.closed(&s, code);
@@ -147,18 +148,20 @@ fn pass(core: &Rc<Core>, s: &Rc<Session>) {
     if rx.phase == Phase::Done || s.has(flag::BROKEN) {
         return;
     }
-    let shared = rx.pending.is_empty();
-    let mut buf = if shared {
-        core.take_read_buf()
-    } else {
-        let mut own = std::mem::take(&mut rx.pending);
-        let want = rx
-            .decoder
-            .frame_remaining()
-            .unwrap_or(0)
-            .clamp(4096, READ_BUF);
-        own.reserve(want);
-        own
+    let parked = rx.pending.take();
+    let shared = parked.is_none();
+    let mut buf = match parked {
+        None => core.take_read_buf(),
+        Some(own) => {
+            let mut own = *own;
+            let want = rx
+                .decoder
+                .frame_remaining()
+                .unwrap_or(0)
+                .clamp(4096, READ_BUF);
+            own.reserve(want);
+            own
+        }
     };
     let room = buf.capacity() - buf.len();
     match sys::read_into(s.stream.as_raw_fd(), &mut buf) {
@@ -174,7 +177,12 @@ fn pass(core: &Rc<Core>, s: &Rc<Session>) {
         Ok(ReadOutcome::WouldBlock) => s.clear(flag::READABLE),
         Ok(ReadOutcome::Eof) | Err(_) => rx.phase = Phase::Done,
     }
-    rx.pending = keep_partial(core, rx, buf, shared);
+    rx.pending = park(keep_partial(core, rx, buf, shared));
+}
+
+/// What an incomplete frame leaves on the connection: its bytes, or nothing at all.
+fn park(buf: BytesMut) -> Option<Box<BytesMut>> {
+    (!buf.is_empty()).then(|| Box::new(buf))
 }
 
 /// Keeps the bytes of an incomplete frame for the next read and gives the shared buffer back.

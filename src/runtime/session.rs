@@ -192,9 +192,10 @@ mod tests {
 
     #[test]
     fn session_stays_small() {
-        // The idle-connection budget (docs/architecture.md) counts on this.
+        // The idle-connection budget (docs/architecture.md) counts on this: with the `Rc`'s two
+        // counts it must stay within mimalloc's 256-byte size class (the next is 320).
         assert!(
-            std::mem::size_of::<Session>() <= 280,
+            std::mem::size_of::<Session>() <= 232,
             "{}",
             std::mem::size_of::<Session>()
         );

@@ -120,7 +120,9 @@ struct FrameHeader {
 #[derive(Debug, Default)]
 pub struct Decoder {
     /// Payloads of the fragmented message in flight; `None` between messages.
-    fragments: Option<BytesMut>,
+    /// Boxed: the decoder lives in every session, and a fragmented message is rare in games, so an
+    /// idle connection holds a pointer here rather than a whole buffer handle.
+    fragments: Option<Box<BytesMut>>,
     /// Header of the current frame, once parsed (its bytes are consumed).
     frame: Option<FrameHeader>,
     /// Payload bytes of the current frame at the front of the buffer that
@@ -364,13 +366,13 @@ impl Decoder {
                     Some(acc) => acc.extend_from_slice(&payload),
                     None => {
                         self.fragments_text = frame.opcode == OpCode::Text;
-                        self.fragments = Some(BytesMut::from(&payload[..]));
+                        self.fragments = Some(Box::new(BytesMut::from(&payload[..])));
                     }
                 }
                 if !frame.fin {
                     return Ok(None);
                 }
-                let data = self.fragments.take().unwrap_or_default();
+                let data = self.fragments.take().map(|acc| *acc).unwrap_or_default();
                 self.data_message(self.fragments_text, data)?
             }
         };
