@@ -3,11 +3,12 @@
 # peers (../shared/peers: nginx as a WebSocket proxy, and the Go gorilla/websocket gateway), in one
 # run, and a comparison table. Results and the raw JSON land in $BENCH_OUT.
 #
-#   scripts/bench.sh                  all targets, all scenarios (about 5 minutes)
+#   scripts/bench.sh                  all targets, all scenarios (about 7 minutes)
 #   scripts/bench.sh ringgate nginx   some targets
 #
-# Env: BENCH_SECONDS (measured window per scenario, default 10), BENCH_OUT (default a new
-#      /tmp/ringgate-bench.XXXXXX), PEERS_DIR (default <repo>/../shared/peers).
+# Env: BENCH_SECONDS (measured window per scenario, default 10), BENCH_ROUNDS (rounds of the 64-byte
+#      scenarios, default 3), BENCH_OUT (default a new /tmp/ringgate-bench.XXXXXX), PEERS_DIR
+#      (default <repo>/../shared/peers).
 # Scenarios: echo 200 clients x 64 B at depth 1 and 8; echo 2000 clients x 1 KiB; 9000 idle clients
 # (on a freshly started target); a handshake storm (64 workers connecting, upgrading, closing).
 # Loopback only; every run is bounded by its duration. Needs no root.
@@ -16,6 +17,7 @@ root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
 PEERS_DIR=${PEERS_DIR:-$root/../shared/peers}
 SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringgate-bench.XXXXXX)}
 mkdir -p "$OUT"
 TARGETS=("$@")
@@ -86,10 +88,20 @@ load() { # target scenario args...
     --json "$OUT/$t-$s.json" >"$OUT/$t-$s.txt" 2>&1 || echo "bench: $t / $s counted errors or failed (see $OUT/$t-$s.txt)"
 }
 
+# The 64-byte scenarios, whose ratios sit closest to the targets, run in rounds with every target in
+# turn: each round's ratios compare runs a minute apart, and the table shows their median, so that
+# one pass against a machine that drifted meanwhile does not decide a comparison.
+for r in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    start_target "$t"
+    load "$t" "echo64-d1.r$r" echo --conns 200 --size 64 --depth 1 --duration "$SECS"
+    load "$t" "echo64-d8.r$r" echo --conns 200 --size 64 --depth 8 --duration "$SECS"
+    stop_target "$t"
+  done
+done
+
 for t in "${TARGETS[@]}"; do
   start_target "$t"
-  load "$t" echo64-d1 echo --conns 200 --size 64 --depth 1 --duration "$SECS"
-  load "$t" echo64-d8 echo --conns 200 --size 64 --depth 8 --duration "$SECS"
   load "$t" echo1k-2000 echo --conns 2000 --size 1024 --depth 1 --duration "$SECS"
   load "$t" handshake handshake --workers 64 --duration "$SECS"
   stop_target "$t"
@@ -99,17 +111,29 @@ for t in "${TARGETS[@]}"; do
   stop_target "$t"
 done
 
-python3 - "$OUT" "${TARGETS[@]}" <<'PY' | tee "$OUT/summary.md"
+python3 - "$OUT" "$ROUNDS" "${TARGETS[@]}" <<'PY' | tee "$OUT/summary.md"
 import json, os, sys
-out, targets = sys.argv[1], sys.argv[2:]
-def get(t, s, *path):
+from statistics import median
+out, rounds, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+ROUNDED = ("echo64-d1", "echo64-d8")
+def names(s):
+    return [f"{s}.r{r}" for r in range(1, rounds + 1)] if s in ROUNDED else [s]
+def get1(t, name, *path):
     try:
-        v = json.load(open(os.path.join(out, f"{t}-{s}.json")))
+        v = json.load(open(os.path.join(out, f"{t}-{name}.json")))
         for p in path:
             v = v[p]
         return v
     except (OSError, KeyError, TypeError, ValueError):
         return None
+def get(t, s, *path):
+    vals = [v for v in (get1(t, n, *path) for n in names(s)) if v is not None]
+    return median(vals) if vals else None
+def ratio(s, path, t):
+    """ringgate over t: the median of the rounds' paired ratios for the rounded scenarios."""
+    pairs = [(get1("ringgate", n, *path), get1(t, n, *path)) for n in names(s)]
+    pairs = [a / b for a, b in pairs if a is not None and b not in (None, 0)]
+    return median(pairs) if pairs else None
 rows = [
     ("round trips/s, 200 x 64 B, depth 1", "echo64-d1", ("window", "round_trips_per_sec"), True),
     ("p99 latency (us), 200 x 64 B, depth 1", "echo64-d1", ("latency_us", "p99"), False),
@@ -140,20 +164,29 @@ print("|" + " --- |" * (1 + len(targets) + (len(others) if "ringgate" in targets
 scen = ["echo64-d1", "echo64-d8", "echo1k-2000", "handshake", "idle9000"]
 for label, s, path, higher_better in rows:
     if s is None:
-        vals = [sum((get(t, x, "errors_total") or 0) for x in scen) for t in targets]
+        vals = [sum((get1(t, n, "errors_total") or 0) for x in scen for n in names(x)) for t in targets]
     else:
         vals = [get(t, s, *path) for t in targets]
     line = f"| {label} | " + " | ".join(fmt(v) for v in vals)
     if "ringgate" in targets and others:
-        rg = vals[targets.index("ringgate")]
-        ratios = []
-        for t in others:
-            v = vals[targets.index(t)]
-            if s is None or rg is None or v in (None, 0) or rg == 0:
-                ratios.append("")
-            else:
-                ratios.append(f"{rg / v:.2f}x")
-        line += " | " + " | ".join(ratios)
+        cells = [None if s is None else ratio(s, path, t) for t in others]
+        line += " | " + " | ".join("" if c is None else f"{c:.2f}x" for c in cells)
     print(line + " |")
+if "ringgate" in targets and others and rounds > 1:
+    print()
+    print(f"64-byte scenarios, round by round (the table above shows each figure's median over {rounds}"
+          " rounds, and for ratios the median of the rounds' ratios):")
+    print()
+    print("| ratio | " + " | ".join(f"round {r}" for r in range(1, rounds + 1)) + " |")
+    print("|" + " --- |" * (1 + rounds))
+    for t in others:
+        for s in ROUNDED:
+            for what, path in (("round trips/s", ("window", "round_trips_per_sec")),
+                               ("CPU per round trip", ("cpu", "target_us_per_op"))):
+                cells = []
+                for n in names(s):
+                    a, b = get1("ringgate", n, *path), get1(t, n, *path)
+                    cells.append("n/a" if a is None or b in (None, 0) else f"{a / b:.3f}x")
+                print(f"| {what}, {s}, ringgate vs {t} | " + " | ".join(cells) + " |")
 PY
 echo "bench: results in $OUT"
