@@ -69,11 +69,12 @@ pub async fn drive(core: Rc<Core>, s: Rc<Session>, pending: BytesMut) {
         drop(buf);
     }
     loop {
-        if s.has(flag::BROKEN) || s.rx.borrow().phase == Phase::Done {
+        let phase = s.rx.borrow().phase;
+        if s.has(flag::BROKEN) || phase == Phase::Done {
             break;
         }
         // A congested link stops us reading this client: TCP carries the backpressure to it.
-        if s.rx.borrow().phase == Phase::Open {
+        if phase == Phase::Open {
             if let Some(gate) = core.upstream.backpressure(&s) {
                 bump(&core.counters.paused);
                 wait_gate(&s, &gate).await;

@@ -128,8 +128,7 @@ impl OutQueue {
     pub fn discard_unsent(&mut self) {
         // (A run that started to leave is behind every frame, so `frames` is empty then.)
         if self.run_sent == 0 {
-            self.run = Vec::new();
-            self.run_sent = 0;
+            self.run.clear();
         }
         let keep = usize::from(self.frames.front().is_some_and(|f| f.sent > 0));
         self.frames.truncate(keep);

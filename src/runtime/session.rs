@@ -156,17 +156,13 @@ impl Session {
         if let Some(q) = out.as_mut() {
             q.discard_unsent();
             if q.queued() == 0 {
-                if let Some(q) = out.take() {
-                    spare::give(q);
-                }
+                give_back(&mut out);
             }
         }
     }
 
     pub fn discard_all(&self) {
-        if let Some(q) = self.out.borrow_mut().take() {
-            spare::give(q);
-        }
+        give_back(&mut self.out.borrow_mut());
     }
 
     /// Writes as much of the queue as the socket takes; the queue goes back to the core's spares
@@ -178,11 +174,16 @@ impl Session {
         };
         let done = q.flush(self.stream.as_raw_fd())?;
         if done == Flush::Done {
-            if let Some(q) = out.take() {
-                spare::give(q);
-            }
+            give_back(&mut out);
         }
         Ok(done)
+    }
+}
+
+/// Returns a session's write queue, if it holds one, to the core's spares.
+fn give_back(out: &mut Option<Box<OutQueue>>) {
+    if let Some(q) = out.take() {
+        spare::give(q);
     }
 }
 
