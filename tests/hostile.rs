@@ -334,6 +334,8 @@ fn a_client_hanging_up_behind_a_long_burst_is_released() {
     // the connection must be seen even though it came while the socket was already marked readable.
     let pong = frame_bytes(true, 0, OP_PONG, &[0x44; 100], true);
     let burst = pong.repeat(80_000);
+    // A server that stopped reading fails the test here rather than hanging it.
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&burst).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let took = time_to_end(&mut s, Instant::now());

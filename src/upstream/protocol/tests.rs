@@ -354,6 +354,7 @@ fn outcome(
     let mut buf = BytesMut::from(bytes);
     let mut frames = Vec::new();
     loop {
+        let before = buf.len();
         let next = match small {
             None => decode(&mut buf, max_frame),
             Some(limit) => decode_small(&mut buf, max_frame, limit).map(|d| {
@@ -372,7 +373,10 @@ fn outcome(
         };
         match next {
             Ok(Some(f)) => frames.push(f),
-            Ok(None) => return (frames, None),
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "Ok(None) must not consume");
+                return (frames, None);
+            }
             Err(e) => return (frames, Some(e)),
         }
     }
