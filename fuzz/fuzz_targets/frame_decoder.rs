@@ -1,5 +1,8 @@
-//! `ws::Decoder::decode` on arbitrary bytes, fed the way the runtime feeds it (and, for coverage,
-//! on past a Close, where the runtime stops).
+//! `ws::Decoder` on arbitrary bytes, fed the way the runtime feeds it (and, for coverage, on past a
+//! Close, where the runtime stops). Calls alternate between `decode` and `decode_small` (the
+//! runtime's call, with half the size limit as its in-place limit); a message left in place is taken
+//! out as `decode` would have returned it, so the three ways of cutting the stream, which alternate
+//! differently, also check the two calls against each other.
 //!
 //! Input layout: byte 0 picks `max_message_size` (`8 * byte`, so 0..=2040: small, so the limit
 //! is hit often), bytes 1-2 seed the read-size and buffer-migration choices, the rest is the
@@ -18,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "splits.rs"]
 mod splits;
-use ringgate::ws::{is_valid_close_code, Decoder, Message, ProtocolError};
+use ringgate::ws::{is_valid_close_code, Decoded, Decoder, Message, ProtocolError};
 
 type Outcome = (Vec<Message>, Option<ProtocolError>);
 
@@ -47,8 +50,28 @@ fn drive(
     migrate: &mut dyn FnMut() -> bool,
 ) -> Outcome {
     let mut decoder = Decoder::new();
+    let mut calls = 0u64;
     splits::feed(stream, size, migrate, |buf| {
-        let result = decoder.decode(buf, max);
+        calls += 1;
+        let result = if calls % 2 == 0 {
+            decoder.decode(buf, max)
+        } else {
+            let small = max / 2;
+            decoder.decode_small(buf, max, small).map(|d| {
+                d.map(|d| match d {
+                    Decoded::Message(m) => m,
+                    Decoded::InPlace { text, len } => {
+                        assert!(len <= small, "{len} left in place over the limit {small}");
+                        let payload = buf.split_to(len).freeze();
+                        if text {
+                            Message::Text(payload)
+                        } else {
+                            Message::Binary(payload)
+                        }
+                    }
+                })
+            })
+        };
         match &result {
             Ok(Some(message)) => check(message, max),
             Ok(None) => {

@@ -1,4 +1,8 @@
-//! `upstream::protocol::decode` driven like a link's read loop, on arbitrary bytes.
+//! `upstream::protocol::decode` and `decode_small` driven like a link's read loop, on arbitrary
+//! bytes. Calls alternate between the two (`decode_small` with half the maximum frame size as its
+//! in-place limit); a DATA body left in place is taken out as `decode` would have returned it, so
+//! the three ways of cutting the stream, which alternate differently, also check the two calls
+//! against each other.
 //!
 //! Input layout: byte 0 picks the maximum frame size (`8 * byte`, so 0..=2040), bytes 1-2 seed
 //! the read-size and buffer-migration choices, the rest is the byte stream from the peer. The
@@ -18,7 +22,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "splits.rs"]
 mod splits;
 use ringgate::upstream::protocol::{
-    self as up, DecodeError, Frame, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
+    self as up, DecodeError, Decoded, Frame, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
 };
 
 type Outcome = (Vec<Frame>, Option<DecodeError>);
@@ -93,9 +97,28 @@ fn drive(
     size: &mut dyn FnMut() -> usize,
     migrate: &mut dyn FnMut() -> bool,
 ) -> Outcome {
+    let mut calls = 0u64;
     splits::feed(stream, size, migrate, |buf| {
         let before = buf.clone();
-        let result = up::decode(buf, max);
+        calls += 1;
+        let result = if calls % 2 == 0 {
+            up::decode(buf, max)
+        } else {
+            let small = max / 2;
+            up::decode_small(buf, max, small).map(|d| {
+                d.map(|d| match d {
+                    Decoded::Frame(f) => f,
+                    Decoded::Data { session, text, len } => {
+                        assert!(len <= small, "{len} left in place over the limit {small}");
+                        Frame::Data {
+                            session,
+                            text,
+                            payload: buf.split_to(len).freeze(),
+                        }
+                    }
+                })
+            })
+        };
         match &result {
             Ok(Some(frame)) => check(frame, max),
             Ok(None) => assert_eq!(*buf, before, "Ok(None) consumed bytes"),
