@@ -18,6 +18,7 @@ cd "$root"
 PEERS_DIR=${PEERS_DIR:-$root/../shared/peers}
 SECS=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_ROUNDS must be a positive number" >&2; exit 2; }
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringgate-bench.XXXXXX)}
 mkdir -p "$OUT"
 TARGETS=("$@")
@@ -89,7 +90,7 @@ load() { # target scenario args...
 }
 
 # The 64-byte scenarios, whose ratios sit closest to the targets, run in rounds with every target in
-# turn: each round's ratios compare runs a minute apart, and the table shows their median, so that
+# turn: each round's ratios compare runs under a minute apart, and the table shows their median, so that
 # one pass against a machine that drifted meanwhile does not decide a comparison.
 for r in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
@@ -113,27 +114,38 @@ done
 
 python3 - "$OUT" "$ROUNDS" "${TARGETS[@]}" <<'PY' | tee "$OUT/summary.md"
 import json, os, sys
+from functools import lru_cache
 from statistics import median
 out, rounds, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 ROUNDED = ("echo64-d1", "echo64-d8")
 def names(s):
     return [f"{s}.r{r}" for r in range(1, rounds + 1)] if s in ROUNDED else [s]
-def get1(t, name, *path):
+@lru_cache(maxsize=None)
+def load(t, name):
     try:
-        v = json.load(open(os.path.join(out, f"{t}-{name}.json")))
+        with open(os.path.join(out, f"{t}-{name}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+def get1(t, name, *path):
+    v = load(t, name)
+    try:
         for p in path:
             v = v[p]
         return v
-    except (OSError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError):
         return None
 def get(t, s, *path):
     vals = [v for v in (get1(t, n, *path) for n in names(s)) if v is not None]
     return median(vals) if vals else None
-def ratio(s, path, t):
-    """ringgate over t: the median of the rounds' paired ratios for the rounded scenarios."""
+def round_ratios(s, path, t):
+    """ringgate over t for each run of scenario s (None where a figure is missing)."""
     pairs = [(get1("ringgate", n, *path), get1(t, n, *path)) for n in names(s)]
-    pairs = [a / b for a, b in pairs if a is not None and b not in (None, 0)]
-    return median(pairs) if pairs else None
+    return [None if a is None or b in (None, 0) else a / b for a, b in pairs]
+def ratio(s, path, t):
+    """The median of the paired ratios: one pair per round for the rounded scenarios."""
+    known = [r for r in round_ratios(s, path, t) if r is not None]
+    return median(known) if known else None
 rows = [
     ("round trips/s, 200 x 64 B, depth 1", "echo64-d1", ("window", "round_trips_per_sec"), True),
     ("p99 latency (us), 200 x 64 B, depth 1", "echo64-d1", ("latency_us", "p99"), False),
@@ -183,10 +195,7 @@ if "ringgate" in targets and others and rounds > 1:
         for s in ROUNDED:
             for what, path in (("round trips/s", ("window", "round_trips_per_sec")),
                                ("CPU per round trip", ("cpu", "target_us_per_op"))):
-                cells = []
-                for n in names(s):
-                    a, b = get1("ringgate", n, *path), get1(t, n, *path)
-                    cells.append("n/a" if a is None or b in (None, 0) else f"{a / b:.3f}x")
+                cells = ["n/a" if r is None else f"{r:.3f}x" for r in round_ratios(s, path, t)]
                 print(f"| {what}, {s}, ringgate vs {t} | " + " | ".join(cells) + " |")
 PY
 echo "bench: results in $OUT"

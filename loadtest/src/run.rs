@@ -222,7 +222,6 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
     };
     let mut series = Vec::new();
     let mut last_cpu = setup.cpu_ns;
-    let mut drain_sent = false;
     if !interrupted_run {
         for k in 1..=set.window_secs {
             ctl.wait_until(w0 + Duration::from_secs(k), true, |_| false);
@@ -233,7 +232,6 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
                 // Ends the sending before the last harvest (commands reach each worker in order),
                 // so that nothing sent after the window is measured as part of it.
                 ctl.fleet.send(Cmd::Drain);
-                drain_sent = true;
             }
             tick += 1;
             let s = ctl.harvest(tick);
@@ -259,10 +257,9 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
     let window_cores = cpu0.cores_until(&cpu_end);
     let rss_end = target_rss_kib(&set.pids);
 
-    // Drain (asked for with the last harvest, unless the window never ran), then close.
-    if !drain_sent {
-        ctl.fleet.send(Cmd::Drain);
-    }
+    // Drain (already asked for unless the window never started; workers ignore a second
+    // request), then close.
+    ctl.fleet.send(Cmd::Drain);
     let drained = ctl.wait_until(
         Instant::now() + set.drain_timeout,
         false,
