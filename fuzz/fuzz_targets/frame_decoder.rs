@@ -58,17 +58,11 @@ fn drive(
         } else {
             let small = max / 2;
             decoder.decode_small(buf, max, small).map(|d| {
-                d.map(|d| match d {
-                    Decoded::Message(m) => m,
-                    Decoded::InPlace { text, len } => {
+                d.map(|d| {
+                    if let Decoded::InPlace { len, .. } = d {
                         assert!(len <= small, "{len} left in place over the limit {small}");
-                        let payload = buf.split_to(len).freeze();
-                        if text {
-                            Message::Text(payload)
-                        } else {
-                            Message::Binary(payload)
-                        }
                     }
+                    d.take(buf)
                 })
             })
         };

@@ -106,16 +106,11 @@ fn drive(
         } else {
             let small = max / 2;
             up::decode_small(buf, max, small).map(|d| {
-                d.map(|d| match d {
-                    Decoded::Frame(f) => f,
-                    Decoded::Data { session, text, len } => {
+                d.map(|d| {
+                    if let Decoded::Data { len, .. } = d {
                         assert!(len <= small, "{len} left in place over the limit {small}");
-                        Frame::Data {
-                            session,
-                            text,
-                            payload: buf.split_to(len).freeze(),
-                        }
                     }
+                    d.take(buf)
                 })
             })
         };

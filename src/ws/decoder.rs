@@ -54,6 +54,25 @@ pub enum Decoded {
     },
 }
 
+impl Decoded {
+    /// The message [`Decoder::decode`] would have returned, taking a body left in place out of
+    /// `buf` (the buffer it was decoded from). For comparing the two calls; the runtime copies
+    /// the body instead.
+    pub fn take(self, buf: &mut BytesMut) -> Message {
+        match self {
+            Decoded::Message(m) => m,
+            Decoded::InPlace { text, len } => {
+                let payload = buf.split_to(len.min(buf.len())).freeze();
+                if text {
+                    Message::Text(payload)
+                } else {
+                    Message::Binary(payload)
+                }
+            }
+        }
+    }
+}
+
 /// Why the connection must be failed; `close_code` is the status to send.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum ProtocolError {
@@ -439,17 +458,11 @@ mod tests {
                 let next = match small {
                     None => decoder.decode(&mut buf, max),
                     Some(limit) => decoder.decode_small(&mut buf, max, limit).map(|d| {
-                        d.map(|d| match d {
-                            Decoded::Message(m) => m,
-                            Decoded::InPlace { text, len } => {
+                        d.map(|d| {
+                            if let Decoded::InPlace { len, .. } = d {
                                 assert!(len <= limit, "{len} left in place over the limit {limit}");
-                                let payload = buf.split_to(len).freeze();
-                                if text {
-                                    Message::Text(payload)
-                                } else {
-                                    Message::Binary(payload)
-                                }
                             }
+                            d.take(&mut buf)
                         })
                     }),
                 };

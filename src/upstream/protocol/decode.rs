@@ -67,6 +67,21 @@ pub enum Decoded {
     },
 }
 
+impl Decoded {
+    /// The frame [`decode`] would have returned, taking a body left in place out of `buf` (the
+    /// buffer it was decoded from). For comparing the two calls; the link copies the body instead.
+    pub fn take(self, buf: &mut BytesMut) -> Frame {
+        match self {
+            Decoded::Frame(f) => f,
+            Decoded::Data { session, text, len } => Frame::Data {
+                session,
+                text,
+                payload: buf.split_to(len.min(buf.len())).freeze(),
+            },
+        }
+    }
+}
+
 /// Like [`decode`], except that a DATA body of at most `small` bytes is left in place
 /// ([`Decoded::Data`]) for the caller to copy: a game-sized message then costs no `Bytes` handle.
 pub fn decode_small(

@@ -358,16 +358,11 @@ fn outcome(
         let next = match small {
             None => decode(&mut buf, max_frame),
             Some(limit) => decode_small(&mut buf, max_frame, limit).map(|d| {
-                d.map(|d| match d {
-                    Decoded::Frame(f) => f,
-                    Decoded::Data { session, text, len } => {
+                d.map(|d| {
+                    if let Decoded::Data { len, .. } = d {
                         assert!(len <= limit, "{len} left in place over the limit {limit}");
-                        Frame::Data {
-                            session,
-                            text,
-                            payload: buf.split_to(len).freeze(),
-                        }
                     }
+                    d.take(&mut buf)
                 })
             }),
         };
