@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use ringgate::upstream::protocol as proto;
+use ringgate::protocol as proto;
 use ringgate::ws::{
     accept_key, apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, parse_request,
     Decoder, HandshakeConfig, OpCode, Utf8Validator, MAX_HEADER_LEN,

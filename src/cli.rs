@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, UpstreamConfig};
-use crate::runtime;
-use crate::upstream::{echo_server, LinkSettings};
+use crate::echo_server;
+use crate::gateway::{self, LinkSettings};
 
 #[derive(Parser)]
 #[command(
@@ -212,7 +212,7 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
-    let server = match runtime::start(&cfg) {
+    let server = match gateway::start(&cfg) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
@@ -220,8 +220,8 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
         tracing::warn!("not every upstream link is up yet; clients get 503 until one is");
     }
     tracing::info!(
-        per_worker = cfg.connections_per_worker(),
-        "connection limit (max_connections)"
+        limit = cfg.connection_limit(),
+        "connection limit (max_connections, for the whole process)"
     );
     let url = format!("ws://{}{}", server.local_addr, cfg.path);
     println!(

@@ -255,16 +255,16 @@ impl Config {
             }
         }
         for u in &self.upstreams {
-            crate::upstream::parse_address(&u.address).map_err(|reason| {
+            parse_address(&u.address).map_err(|reason| {
                 invalid("upstream.address", format!("{:?}: {reason}", u.address))
             })?;
         }
         Ok(())
     }
 
-    /// The connection cap per worker: the configured total, or what the open-files limit leaves
-    /// after the runtime's own descriptors, split over the workers.
-    pub fn connections_per_worker(&self) -> usize {
+    /// The connection cap of the process: the configured total, or what the open-files limit leaves
+    /// after the runtime's own descriptors.
+    pub fn connection_limit(&self) -> usize {
         let workers = self.worker_count().max(1);
         let total = if self.max_connections > 0 {
             self.max_connections
@@ -284,7 +284,7 @@ impl Config {
             let own = 64 + workers * (16 + 2 * self.upstreams.len().max(1));
             nofile.saturating_sub(own)
         };
-        (total / workers).max(1)
+        total.max(1)
     }
 
     /// The configured instance id, or `hostname:pid`.
@@ -304,6 +304,18 @@ impl Config {
         } else {
             self.workers
         }
+    }
+}
+
+/// Checks an upstream address of the form `HOST:PORT` (resolution happens at start).
+pub fn parse_address(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or("expected HOST:PORT")?;
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("port must be a number from 1 to 65535".into()),
     }
 }
 

@@ -1,14 +1,24 @@
 //! ringgate: a WebSocket edge proxy for online games.
 //!
-//! Thread-per-core on monoio (io_uring, epoll fallback); RFC 6455 implemented by hand as sans-I/O
-//! state machines in [`ws`]; sessions sharded over cores by user ([`shard`]); game servers reached
-//! through the [`upstream`] interface. See docs/architecture.md.
+//! Layers, each importing only those below it (docs/architecture.md):
+//! - codecs, pure: [`ws`] (RFC 6455, by hand) and [`protocol`] (the upstream link protocol);
+//! - state machines, pure: [`session`] (one client session) and [`link`] (one upstream link);
+//! - [`runtime`]: per-core machinery with no protocol knowledge (syscalls, queues, readiness,
+//!   timers, the session slab), on monoio (io_uring, epoll fallback);
+//! - [`gateway`]: the I/O drivers that apply the state machines to sockets, thread per core, with
+//!   sessions sharded over cores by user ([`shard`]);
+//! - [`echo_server`]: the echo game server, a separate program on the other side of the protocol;
+//! - [`cli`] and [`config`]: the process, wiring it together.
 
 pub mod cli;
 pub mod config;
+pub mod echo_server;
+pub mod gateway;
+pub mod link;
+pub mod protocol;
 pub mod runtime;
+pub mod session;
 pub mod shard;
-pub mod upstream;
 pub mod ws;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Property tests of the sans-I/O codecs: the WebSocket receive side (`ringgate::ws`) and the
-//! upstream link codec (`ringgate::upstream::protocol`).
+//! upstream link codec (`ringgate::protocol`).
 //!
 //! The central property for both is that framing does not depend on how the byte stream is cut
 //! into reads: the same bytes, fed whole, one byte at a time or in random chunks (with the driver
@@ -17,9 +17,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use ringgate::upstream::protocol::{
-    self as up, DecodeError, Frame, Open, HEADER_LEN, MAX_CLOSE_REASON,
-};
+use ringgate::protocol::{self as up, DecodeError, Frame, Open, HEADER_LEN, MAX_CLOSE_REASON};
 use ringgate::ws::{self, close_payload, CloseFrame, Decoder, Message, ProtocolError};
 
 /// Cases per property, unless `PROPTEST_CASES` says otherwise.

@@ -21,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "splits.rs"]
 mod splits;
-use ringgate::upstream::protocol::{
+use ringgate::protocol::{
     self as up, DecodeError, Decoded, Frame, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON,
 };
 

@@ -189,7 +189,8 @@ pub fn close(fd: RawFd) {
 
 /// Closes with `SO_LINGER` 0: a reset, which frees the 4-tuple at once (no TIME_WAIT).
 pub fn abort(fd: RawFd) {
-    ringgate::runtime::set_linger_zero(fd);
+    // SAFETY: the caller owns `fd`, open until the close below.
+    ringgate::runtime::set_linger_zero(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
     close(fd);
 }
 

@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ringgate::config::{Config, UpstreamConfig};
-use ringgate::runtime::{self, Server};
-use ringgate::upstream::echo_server::{self, EchoServer};
-use ringgate::upstream::LinkSettings;
+use ringgate::echo_server::{self, EchoServer};
+use ringgate::gateway::LinkSettings;
+use ringgate::gateway::{self, Server};
 use serde_json::Value;
 
 /// Longer than any run here can take by the harness's own bounds (window, drain, close).
@@ -58,7 +58,7 @@ impl Stack {
         cfg.upstreams = vec![UpstreamConfig {
             address: echo.addr.to_string(),
         }];
-        let server = runtime::start(&cfg).expect("ringgate starts");
+        let server = gateway::start(&cfg).expect("ringgate starts");
         // Connections arriving before the links are up would get 503 and count as errors.
         assert!(
             server.wait_ready(Duration::from_secs(10)),

@@ -10,7 +10,9 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::io::IoSlice;
+use std::marker::PhantomData;
+use std::os::fd::BorrowedFd;
 
 use bytes::Bytes;
 
@@ -144,11 +146,11 @@ impl OutQueue {
     /// pieces (headers, game-sized payloads) are first copied into one contiguous stretch: the
     /// kernel pays per slice in `sendmsg`, and a burst of 64-byte messages would otherwise cost two
     /// slices each.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<Flush> {
+    pub fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<Flush> {
         SCRATCH_BUF.with(|scratch| self.flush_with(fd, &mut scratch.borrow_mut()))
     }
 
-    fn flush_with(&mut self, fd: RawFd, scratch: &mut Vec<u8>) -> io::Result<Flush> {
+    fn flush_with(&mut self, fd: BorrowedFd<'_>, scratch: &mut Vec<u8>) -> io::Result<Flush> {
         while !self.frames.is_empty() {
             let mut plan = Plan::new(scratch);
             let mut all = true;
@@ -192,11 +194,7 @@ impl OutQueue {
             }
         }
         while self.run_sent < self.run.len() {
-            let rest = &self.run[self.run_sent..];
-            let one = [libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
-            }];
+            let one = [IoSlice::new(&self.run[self.run_sent..])];
             let Some(written) = sys::send_vectored(fd, &one)? else {
                 return Ok(Flush::Blocked);
             };
@@ -310,11 +308,14 @@ thread_local! {
 /// One sendmsg being assembled: slices of the queued frames, with runs of small pieces copied into
 /// `scratch` so that they leave as one slice.
 struct Plan<'a> {
+    /// Raw slices, so that pieces of the queue and of `scratch` can sit side by side while
+    /// `scratch` still grows; every one points into memory borrowed for `'a`.
     iov: [libc::iovec; MAX_IOV],
     /// Which slices point into `scratch` (their `iov_base` holds an offset until `iovecs`).
     in_scratch: u64,
     n_iov: usize,
     scratch: &'a mut Vec<u8>,
+    pieces: PhantomData<&'a [u8]>,
 }
 
 impl<'a> Plan<'a> {
@@ -328,10 +329,11 @@ impl<'a> Plan<'a> {
             in_scratch: 0,
             n_iov: 0,
             scratch,
+            pieces: PhantomData,
         }
     }
 
-    fn add(&mut self, piece: &[u8]) {
+    fn add(&mut self, piece: &'a [u8]) {
         let len = piece.len();
         let used = self.scratch.len();
         if len <= SMALL && used + len <= SCRATCH {
@@ -355,7 +357,7 @@ impl<'a> Plan<'a> {
     }
 
     /// Adds a piece as a slice of its own, never copied.
-    fn add_whole(&mut self, piece: &[u8]) {
+    fn add_whole(&mut self, piece: &'a [u8]) {
         self.iov[self.n_iov] = libc::iovec {
             iov_base: piece.as_ptr() as *mut libc::c_void,
             iov_len: piece.len(),
@@ -364,15 +366,20 @@ impl<'a> Plan<'a> {
     }
 
     /// The finished slices; scratch offsets become pointers only now, once nothing more is copied.
-    fn iovecs(&mut self) -> &[libc::iovec] {
+    fn iovecs(&mut self) -> &[IoSlice<'a>] {
         let base = self.scratch.as_ptr();
         for i in 0..self.n_iov {
             if self.in_scratch & (1 << i) != 0 {
                 let off = self.iov[i].iov_base as usize;
                 self.iov[i].iov_base = base.wrapping_add(off) as *mut libc::c_void;
+                self.in_scratch &= !(1 << i);
             }
         }
-        &self.iov[..self.n_iov]
+        let iov = &self.iov[..self.n_iov];
+        // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; every slice points
+        // into a piece borrowed for `'a` (`add`, `add_whole`) or into `scratch`, which is borrowed
+        // for `'a` and cannot change while the returned slices borrow `self`.
+        unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<IoSlice<'a>>(), iov.len()) }
     }
 }
 
@@ -380,7 +387,7 @@ impl<'a> Plan<'a> {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     #[test]
     fn partial_writes_resume_mid_frame_in_order() {
@@ -392,14 +399,14 @@ mod tests {
         q.push(b"", Bytes::from_static(b"tail"));
         assert_eq!(q.queued(), 4 + big.len() + 4);
         // The socket buffer is far smaller than 4 MiB: the first flush must stop part way.
-        assert_eq!(q.flush(a.as_raw_fd()).unwrap(), Flush::Blocked);
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
         assert!(q.queued() > 0 && q.queued() < big.len());
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
             b.read_to_end(&mut all).unwrap();
             all
         });
-        while q.flush(a.as_raw_fd()).unwrap() == Flush::Blocked {
+        while q.flush(a.as_fd()).unwrap() == Flush::Blocked {
             std::thread::yield_now();
         }
         assert_eq!(q.queued(), 0);
@@ -448,7 +455,7 @@ mod tests {
             }
             all
         });
-        while q.flush(a.as_raw_fd()).unwrap() == Flush::Blocked {
+        while q.flush(a.as_fd()).unwrap() == Flush::Blocked {
             std::thread::yield_now();
         }
         assert_eq!(q.queued(), 0);
@@ -468,7 +475,7 @@ mod tests {
             expect.push(b'h');
             expect.extend_from_slice(&piece);
         }
-        assert_eq!(q.flush(a.as_raw_fd()).unwrap(), Flush::Blocked);
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
         let left = q.queued();
         assert!(left > 0 && left < expect.len());
         // No frame boundaries are known inside the run: all of it stays.
@@ -484,7 +491,7 @@ mod tests {
             b.read_exact(&mut all).unwrap();
             all
         });
-        while q.flush(a.as_raw_fd()).unwrap() == Flush::Blocked {
+        while q.flush(a.as_fd()).unwrap() == Flush::Blocked {
             std::thread::yield_now();
         }
         assert_eq!(q.queued(), 0);
@@ -507,7 +514,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(b"", Bytes::from(vec![1u8; 4 << 20]));
         q.push(b"", Bytes::from_static(b"later"));
-        assert_eq!(q.flush(a.as_raw_fd()).unwrap(), Flush::Blocked);
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
         let left_of_first = q.queued() - 5;
         q.discard_unsent();
         assert_eq!(q.queued(), left_of_first);

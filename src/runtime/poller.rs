@@ -1,27 +1,28 @@
-//! The core's readiness poller for upgraded client sockets: one edge-triggered epoll instance per
-//! core, which the runtime waits on as a single descriptor, marking sessions readable and waking
-//! their drivers.
+//! A core's readiness poller for upgraded client sockets: one edge-triggered epoll instance per
+//! core, which the runtime waits on as a single descriptor, handing each ready token to the
+//! gateway.
 //!
 //! Why not one io_uring poll per socket: that request is submitted, armed in the kernel and
-//! completed again for every read, which at game-sized messages cost about a tenth of the proxy's
-//! CPU (docs/benchmarks.md). Registered here once, a socket costs nothing until data arrives, and
-//! one pass over the epoll instance covers every session that became readable meanwhile.
+//! completed again for every read (docs/benchmarks.md has the measurement). Registered here once, a
+//! socket costs nothing until data arrives, and one pass over the epoll instance covers every
+//! socket that became readable meanwhile.
 //!
-//! Owns the epoll descriptor. Reads a socket only through the connection's own receive path
-//! (`conn::on_readable`), for a driver parked on it; the read clears the mark once it shows the
-//! socket drained (edge-triggered: the next arrival marks it again). The peer's end is marked apart
-//! and never cleared, since no edge follows it.
+//! Owns the epoll descriptor. Never reads a socket and knows nothing of sessions: a watched socket
+//! is a token, and what readiness means for it is the caller's (`gateway::receive::on_readable`).
+//! Closed sockets leave the epoll instance by themselves.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
-use std::rc::Rc;
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
+use std::time::Duration;
 
-use crate::runtime::conn;
-use crate::runtime::core::Core;
-use crate::runtime::session::{flag, Session, SessionKey};
 use crate::runtime::sys;
+use crate::runtime::throttle::Throttled;
 
-/// Events taken per pass; more ready sessions simply take another pass.
+/// Events taken per pass; more ready sockets simply take another pass.
 const BATCH: usize = 256;
+
+/// What an event says beyond "readable": the peer finished or the socket failed. No edge follows
+/// such an event, so the caller must read on until the socket reports the end.
+pub const PEER_DONE: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 pub struct Poller {
     /// The epoll descriptor, adopted by the runtime only so that it can be awaited like a socket
@@ -42,90 +43,36 @@ impl Poller {
         })
     }
 
-    /// Watches the session's socket from now on. The session starts marked readable, so bytes
-    /// that arrived before this call are read without waiting for an edge.
-    pub fn watch(&self, s: &Session) -> std::io::Result<()> {
-        s.set(flag::READABLE);
+    /// Watches `socket` for input and its end from now on (edge-triggered), tagged with `token`.
+    pub fn watch(&self, socket: BorrowedFd<'_>, token: u64) -> std::io::Result<()> {
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-        sys::epoll_add(
-            self.ep.as_raw_fd(),
-            s.stream.as_raw_fd(),
-            events,
-            token(s.key),
-        )
+        sys::epoll_add(sys::fd(&self.ep), socket, events, token)
     }
 
-    /// Marks readable every watched session with news, and reads for it or wakes its driver
-    /// (`conn::on_readable`); runs for the life of the core. Closed sockets leave the epoll instance
-    /// by themselves, and a token whose slot was reused no longer matches, so a late event is
-    /// dropped.
-    pub async fn run(self: Rc<Self>, core: Rc<Core>) {
-        let fd: RawFd = self.ep.as_raw_fd();
+    /// Calls `ready(token, events)` for every watched socket with news; runs for the life of the
+    /// core. A failing wait (which the kernel reports for no reason we know of, short of the
+    /// descriptor being closed) is logged and retried after a short pause: the epoll instance keeps
+    /// whatever became ready meanwhile.
+    pub async fn run(&self, core: usize, mut ready: impl FnMut(u64, u32)) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        let mut failing = Throttled::default();
         loop {
             if let Err(e) = self.ep.readable(false).await {
-                tracing::error!(core = core.index, error = %e, "cannot wait on the poller");
-                return;
+                failing.warn(|suppressed| {
+                    tracing::error!(core, error = %e, suppressed, "cannot wait on the poller, retrying")
+                });
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
             loop {
-                let n = sys::epoll_ready(fd, &mut events);
-                for ev in &events[..n] {
-                    if let Some(s) = core.get(key(ev.u64)) {
-                        let done = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-                        if ev.events & done != 0 {
-                            s.set(flag::PEER_DONE);
-                        }
-                        s.set(flag::READABLE);
-                        conn::on_readable(&core, &s);
-                    }
+                let n = sys::epoll_ready(sys::fd(&self.ep), &mut events);
+                for ev in events.iter().take(n) {
+                    ready(ev.u64, ev.events);
                 }
                 if n < BATCH {
                     break;
                 }
             }
         }
-    }
-}
-
-fn token(key: SessionKey) -> u64 {
-    (u64::from(key.slot) << 32) | u64::from(key.generation)
-}
-
-fn key(token: u64) -> SessionKey {
-    SessionKey {
-        slot: (token >> 32) as u32,
-        generation: token as u32,
-    }
-}
-
-/// Parks the session's driver until the poller has marked it readable, or the peer finished, or
-/// the session broke meanwhile, or the poller gave the driver back what an inline read left it
-/// (by clearing `PARKED`).
-pub async fn parked(s: &Session) {
-    s.set(flag::PARKED);
-    std::future::poll_fn(|cx| {
-        if !s.has(flag::PARKED) || s.has(flag::READABLE | flag::PEER_DONE | flag::BROKEN) {
-            std::task::Poll::Ready(())
-        } else {
-            s.waker.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    s.clear(flag::PARKED);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{key, token};
-    use crate::runtime::session::SessionKey;
-
-    #[test]
-    fn tokens_carry_slot_and_generation() {
-        let k = SessionKey {
-            slot: 0xdead_beef,
-            generation: 7,
-        };
-        assert_eq!(key(token(k)), k);
     }
 }

@@ -3,16 +3,38 @@
 //! Owns every `unsafe` block that talks to the kernel about sockets. Must never block: every fd
 //! passed here is nonblocking, and waiting for readiness is the runtime's job.
 //!
+//! Descriptors are taken as `BorrowedFd`, so the type system keeps each one open for the call; the
+//! monoio sockets, which own their descriptors but do not implement `AsFd`, are borrowed through
+//! [`fd`].
+//!
 //! The per-message calls (`recv`, `send`, `sendmsg`) go through rustix's raw syscalls: libc's are
-//! thread cancellation points, and switching cancellation on and off around each call cost about 1%
-//! of the proxy at game-sized messages (docs/benchmarks.md).
+//! thread cancellation points, and switching cancellation on and off around each call is measurable
+//! at game-sized messages (docs/benchmarks.md).
 
-use std::io;
-use std::os::fd::RawFd;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-/// Makes `fd` nonblocking and disables Nagle: the drivers batch writes themselves.
-pub fn prepare_client_socket(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl/setsockopt on an fd we own; arguments are valid for the calls.
+/// A monoio socket's descriptor, borrowed for as long as the socket is.
+pub fn fd<S: OwnsFd>(socket: &S) -> BorrowedFd<'_> {
+    // SAFETY: implementors of `OwnsFd` own their descriptor and close it only on drop, so it stays
+    // open while `socket` is borrowed.
+    unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+}
+
+/// Socket types that own their descriptor (monoio's, which implement `AsRawFd` but not `AsFd`).
+///
+/// # Safety
+/// The descriptor `as_raw_fd` returns must stay open for as long as the value is borrowed.
+pub unsafe trait OwnsFd: AsRawFd {}
+// SAFETY: monoio's sockets own their descriptor and close it when the last handle drops.
+unsafe impl OwnsFd for monoio::net::TcpStream {}
+// SAFETY: as above.
+unsafe impl OwnsFd for monoio::net::TcpListener {}
+
+/// Makes the socket nonblocking and disables Nagle: the drivers batch writes themselves.
+pub fn prepare_client_socket(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: plain fcntl/setsockopt on an open fd; arguments are valid for the calls.
     unsafe {
         if libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_RDWR) < 0 {
             return Err(io::Error::last_os_error());
@@ -41,13 +63,13 @@ pub enum ReadOutcome {
 
 /// Reads a socket into the spare capacity of `buf`, extending its length by what arrived. `recv`,
 /// not `read`: a socket gains nothing from the file layer `read` passes through.
-pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome> {
+pub fn read_into(fd: BorrowedFd<'_>, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome> {
     let spare = buf.spare_capacity_mut();
     if spare.is_empty() {
         return Ok(ReadOutcome::Data(0));
     }
     loop {
-        match rustix::net::recv(borrow(fd), &mut *spare, rustix::net::RecvFlags::empty()) {
+        match rustix::net::recv(fd, &mut *spare, rustix::net::RecvFlags::empty()) {
             Ok((_, 0)) => return Ok(ReadOutcome::Eof),
             Ok((got, _)) => {
                 let n = got.0.len();
@@ -64,31 +86,18 @@ pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome
 
 /// One `sendmsg` (or `send`, for one slice) of the given slices; returns bytes written, or None when
 /// the socket is full.
-pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+pub fn send_vectored(fd: BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<Option<usize>> {
     use rustix::net::SendFlags;
     let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     loop {
-        let sent = match iov {
+        let sent = match slices {
             [] => return Ok(Some(0)),
             // One slice (the usual case once small pieces are coalesced): send(2) spares the
             // kernel copying in a message header and an iovec array.
-            [one] => {
-                // SAFETY: the caller keeps the slice's memory alive and unaliased for the call.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(one.iov_base as *const u8, one.iov_len) };
-                rustix::net::send(borrow(fd), bytes, flags)
-            }
+            [one] => rustix::net::send(fd, one, flags),
             _ => {
-                // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix, and the
-                // caller keeps every slice's memory alive for the call.
-                let slices = unsafe {
-                    std::slice::from_raw_parts(
-                        iov.as_ptr().cast::<std::io::IoSlice<'_>>(),
-                        iov.len(),
-                    )
-                };
                 let mut control = rustix::net::SendAncillaryBuffer::default();
-                rustix::net::sendmsg(borrow(fd), slices, &mut control, flags)
+                rustix::net::sendmsg(fd, slices, &mut control, flags)
             }
         };
         match sent {
@@ -100,23 +109,17 @@ pub fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<Option<usize>
     }
 }
 
-/// The fd as rustix takes it.
-fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
-    // SAFETY: every caller passes an fd its owner keeps open for the duration of the call.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-}
-
 /// `shutdown(2)`; errors (the peer already gone) do not matter to callers.
-pub fn shutdown(fd: RawFd, how: libc::c_int) {
-    // SAFETY: shutdown on an fd we own.
+pub fn shutdown(fd: BorrowedFd<'_>, how: libc::c_int) {
+    // SAFETY: shutdown on an open fd.
     unsafe {
-        libc::shutdown(fd, how);
+        libc::shutdown(fd.as_raw_fd(), how);
     }
 }
 
 /// Makes the next close send a RST and drop unsent data: used for peers that stopped answering,
 /// so their kernel buffers are freed at once instead of lingering in FIN_WAIT.
-pub fn set_linger_zero(fd: RawFd) {
+pub fn set_linger_zero(fd: impl AsFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -124,7 +127,7 @@ pub fn set_linger_zero(fd: RawFd) {
     // SAFETY: setsockopt with a correctly sized linger struct.
     unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
@@ -135,12 +138,12 @@ pub fn set_linger_zero(fd: RawFd) {
 
 /// A nonblocking `accept4(2)`: the client waiting right now, if any. Used only to turn clients away
 /// while out of descriptors, so it must never wait for one to arrive.
-pub fn accept_now(listener: RawFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
+pub fn accept_now(listener: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
     loop {
         // SAFETY: accept4 with null address pointers is valid; a returned fd is ours to own.
         let fd = unsafe {
             libc::accept4(
-                listener,
+                listener.as_raw_fd(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -171,21 +174,27 @@ pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// Adds `fd` to the epoll instance `ep` with the given events, tagged with `token`.
-pub fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+pub fn epoll_add(
+    ep: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
     // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
 /// The events ready on `ep` right now (never waits); how many of `events` were filled.
-pub fn epoll_ready(ep: RawFd, events: &mut [libc::epoll_event]) -> usize {
+pub fn epoll_ready(ep: BorrowedFd<'_>, events: &mut [libc::epoll_event]) -> usize {
     let max = events.len().min(i32::MAX as usize) as i32;
     loop {
         // SAFETY: the kernel writes at most `max` entries into `events`, which we own.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), max, 0) };
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, 0) };
         if n >= 0 {
             return n as usize;
         }

@@ -3,9 +3,10 @@
 //! Owns the XOR transform, word-wide for throughput plus a bytewise
 //! reference. Must never assume the buffer is aligned, and must never need
 //! `unsafe`: the safe `chunks_exact` form below compiles to unaligned vector
-//! loads and measured as fast as an `align_to::<u64>` version (about 43 GB/s
-//! on 64 KiB, and faster on short payloads where the aligned version pays for
-//! its prologue), so the unsafe variant did not pay for itself.
+//! loads and measured as fast as an `align_to::<u64>` version (faster on short
+//! payloads, where the aligned version pays for its prologue; the `unmask`
+//! criterion bench in benches/codec.rs), so the unsafe variant did not pay for
+//! itself.
 
 /// The mask rotated so that index 0 applies to the byte at `phase`.
 fn rotated(mask: [u8; 4], phase: usize) -> [u8; 4] {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::runtime::core::Core;
+use crate::gateway::core::Core;
+use crate::gateway::{CoreMsg, CoreSnapshot};
 use crate::runtime::sys::{self, ReadOutcome};
-use crate::runtime::{CoreMsg, CoreSnapshot};
 
 pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
     let listener = match TcpListener::from_std(listener) {
@@ -38,8 +38,7 @@ async fn exchange(core: Rc<Core>, stream: TcpStream) {
 }
 
 async fn answer(core: Rc<Core>, mut stream: TcpStream) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    if sys::prepare_client_socket(fd).is_err() {
+    if sys::prepare_client_socket(sys::fd(&stream)).is_err() {
         return;
     }
     let mut buf = bytes::BytesMut::with_capacity(4096);
@@ -47,7 +46,7 @@ async fn answer(core: Rc<Core>, mut stream: TcpStream) {
         if stream.readable(false).await.is_err() {
             return;
         }
-        match sys::read_into(fd, &mut buf) {
+        match sys::read_into(sys::fd(&stream), &mut buf) {
             Ok(ReadOutcome::Data(_)) => {}
             Ok(ReadOutcome::WouldBlock) => continue,
             _ => return,

@@ -1,51 +1,33 @@
-//! One client connection after its upgrade: its socket, its outbound queue, its receive state and its
-//! lifecycle flags.
+//! One upgraded client connection as the gateway holds it: its socket, its session state machine,
+//! its outbound queue and the I/O flags of its driver.
 //!
 //! Owns the bytes waiting to go to the client and the vectored write that sends them. Never holds
 //! a read buffer beyond an incomplete frame's bytes (a read borrows the core's buffer while data is
 //! in flight), never holds a write queue while nothing waits (it borrows one of the core's spares),
-//! and never blocks: a write that does not fit in the socket stays queued until the socket is
-//! writable.
+//! and never decides anything about the protocol: that is the session's ([`crate::session`]).
 //!
-//! Size: `size_of::<Session>()` is checked by a test below; with its `Rc` and the monoio task of
-//! the connection driver it is the whole user-space cost of an idle connection (docs/architecture.md).
+//! Size: `size_of::<Conn>()` is checked by a test below; with its `Rc` and the monoio task of the
+//! connection driver it is the whole user-space cost of an idle connection (docs/architecture.md).
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::AsRawFd;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use crate::runtime::conn::Receiver;
-pub use crate::runtime::outq::Flush;
-use crate::runtime::outq::{spare, OutQueue};
+use crate::runtime::outq::{spare, Flush, OutQueue};
+use crate::runtime::{sys, Key};
+use crate::session::Session;
 use crate::ws::{encode_header, OpCode};
 
-/// Where a session lives in its core's registry; stale keys (after the slot was reused) never match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionKey {
-    pub slot: u32,
-    pub generation: u32,
-}
-
-/// Lifecycle bits.
+/// The driver's I/O bits. The protocol's state is the session's.
 pub mod flag {
     /// Queued in the core's dirty list, a flush is coming.
     pub const DIRTY: u16 = 1;
     /// A writer task waits for the socket to become writable.
     pub const WRITER: u16 = 2;
-    /// Our close frame is queued; nothing else may follow it.
-    pub const CLOSE_SENT: u16 = 4;
-    /// The write side was shut down after the close frame left.
-    pub const WRITE_SHUT: u16 = 8;
     /// The socket failed or was aborted; drop whatever is queued.
     pub const BROKEN: u16 = 16;
-    /// The driver has finished; the session is out of the registry.
-    pub const ENDED: u16 = 32;
-    /// The upstream already knows the session is over (it refused or kicked it, or its link died):
-    /// no CLOSE goes to it.
-    pub const UPSTREAM_DONE: u16 = 64;
     /// The core's poller saw data (or the end) arrive that no read has drained yet.
     pub const READABLE: u16 = 128;
     /// The poller saw the peer finish or fail: no edge will follow, so the driver reads on until
@@ -57,53 +39,47 @@ pub mod flag {
     pub const PARKED: u16 = 1024;
 }
 
-pub struct Session {
+/// What the receive side keeps between reads: the session, and only while a frame is incomplete,
+/// its bytes. Read by the driver, or by the poller in its stead.
+pub struct State {
+    pub session: Session,
+    /// Boxed, so that an idle connection holds a pointer here rather than a buffer handle four
+    /// times its size.
+    pub pending: Option<Box<BytesMut>>,
+}
+
+pub struct Conn {
     pub stream: TcpStream,
     pub id: u64,
-    pub key: SessionKey,
+    pub key: Key,
     pub user: Option<Box<str>>,
     flags: Cell<u16>,
-    /// Core clock (seconds) of the last byte received.
-    pub last_rx: Cell<u32>,
-    /// Core clock of the last ping sent.
-    pub last_ping: Cell<u32>,
-    /// Core clock by which a close must have completed.
-    pub close_deadline: Cell<u32>,
-    /// The close code we sent, if we closed first: what the upstream is told.
-    pub sent_code: Cell<u16>,
     /// Which upstream link carries the session (an index into the core's upstreams).
     pub route: Cell<u16>,
     /// The driver's waker while it waits for the socket to become readable (the poller wakes it)
     /// or for a congested link to drain (so that a close can wake it).
     pub waker: Cell<Option<std::task::Waker>>,
-    /// Allocated while bytes wait to be written, and only then: an idle session holds no queue.
+    /// Allocated while bytes wait to be written, and only then: an idle connection holds no queue.
     out: RefCell<Option<Box<OutQueue>>>,
-    /// The receive side, read by the driver or by the poller in its stead.
-    pub rx: RefCell<Receiver>,
+    /// Borrowed for one synchronous step at a time, never across an await.
+    pub state: RefCell<State>,
 }
 
-impl Session {
-    pub fn new(
-        stream: TcpStream,
-        id: u64,
-        key: SessionKey,
-        user: Option<Box<str>>,
-        now: u32,
-    ) -> Self {
-        Session {
+impl Conn {
+    pub fn new(stream: TcpStream, id: u64, key: Key, user: Option<Box<str>>, now: u32) -> Self {
+        Conn {
             stream,
             id,
             key,
             user,
             flags: Cell::new(0),
-            last_rx: Cell::new(now),
-            last_ping: Cell::new(now),
-            close_deadline: Cell::new(u32::MAX),
-            sent_code: Cell::new(0),
             route: Cell::new(u16::MAX),
             waker: Cell::new(None),
             out: RefCell::new(None),
-            rx: RefCell::new(Receiver::default()),
+            state: RefCell::new(State {
+                session: Session::new(now),
+                pending: None,
+            }),
         }
     }
 
@@ -117,6 +93,13 @@ impl Session {
 
     pub fn clear(&self, f: u16) {
         self.flags.set(self.flags.get() & !f);
+    }
+
+    /// Wakes the driver if it waits (for readability or a congested link).
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
 
     /// Bytes waiting to be written.
@@ -172,7 +155,7 @@ impl Session {
         let Some(q) = out.as_mut() else {
             return Ok(Flush::Done);
         };
-        let done = q.flush(self.stream.as_raw_fd())?;
+        let done = q.flush(sys::fd(&self.stream))?;
         if done == Flush::Done {
             give_back(&mut out);
         }
@@ -180,7 +163,7 @@ impl Session {
     }
 }
 
-/// Returns a session's write queue, if it holds one, to the core's spares.
+/// Returns a connection's write queue, if it holds one, to the core's spares.
 fn give_back(out: &mut Option<Box<OutQueue>>) {
     if let Some(q) = out.take() {
         spare::give(q);
@@ -192,13 +175,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_stays_small() {
+    fn conn_stays_small() {
         // The idle-connection budget (docs/architecture.md) counts on this: with the `Rc`'s two
         // counts it must stay within mimalloc's 256-byte size class (the next is 320).
         assert!(
-            std::mem::size_of::<Session>() <= 232,
+            std::mem::size_of::<Conn>() <= 232,
             "{}",
-            std::mem::size_of::<Session>()
+            std::mem::size_of::<Conn>()
         );
     }
 }

@@ -1,8 +1,8 @@
-//! The game-server side of a core: its links to every configured game server, the routing of
-//! sessions over them, and the echo game server used by the demo, tests and load tests.
+//! The game-server side of a core: its links to every configured game server and the routing of
+//! sessions over them.
 //!
 //! Owns each core's [`Upstreams`]. Everything here runs on the core it was built for and must never
-//! block or touch another core's links or sessions.
+//! block or touch another core's links or sessions. The choice of link is `link::router`'s.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -12,17 +12,14 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::runtime::event::Countdown;
-use crate::runtime::{flag, Core, Gate, Session};
+use crate::gateway::conn::Conn;
+use crate::gateway::core::Core;
+use crate::gateway::link::Link;
+use crate::link::router;
+use crate::protocol;
+use crate::runtime::event::{Countdown, Gate};
 use crate::shard::user_hash;
 use crate::ws::UpgradeRequest;
-
-pub mod echo_server;
-pub mod link;
-pub mod protocol;
-pub mod router;
-
-use link::Link;
 
 /// Link settings shared by every link of a core, resolved once from [`Config`].
 #[derive(Clone)]
@@ -57,13 +54,6 @@ impl LinkSettings {
                 .collect(),
         }
     }
-}
-
-/// Why no session can be placed now; the client gets HTTP 503 before its upgrade.
-#[derive(Debug, thiserror::Error)]
-pub enum Unavailable {
-    #[error("no upstream link is up")]
-    NoUpstream,
 }
 
 /// Resolves every configured upstream once, at start: names are not looked up again on the data
@@ -133,19 +123,15 @@ impl Upstreams {
         first
     }
 
-    /// Called before the 101 response: is any game server reachable from this core?
-    pub fn admit(&self) -> Result<(), Unavailable> {
-        if self.links.iter().any(|l| l.is_up()) {
-            Ok(())
-        } else {
-            Err(Unavailable::NoUpstream)
-        }
+    /// Is any game server reachable from this core (asked before the 101 response)?
+    pub fn any_up(&self) -> bool {
+        self.links.iter().any(|l| l.is_up())
     }
 
     /// Routes a newly upgraded session and sends its OPEN.
-    pub fn opened(&self, core: &Rc<Core>, s: &Rc<Session>, req: &UpgradeRequest, peer: SocketAddr) {
-        let id_key = s.id.to_be_bytes();
-        let key = s.user.as_deref().map_or(&id_key[..], str::as_bytes);
+    pub fn opened(&self, core: &Rc<Core>, c: &Rc<Conn>, req: &UpgradeRequest, peer: SocketAddr) {
+        let id_key = c.id.to_be_bytes();
+        let key = c.user.as_deref().map_or(&id_key[..], str::as_bytes);
         let up = self
             .links
             .iter()
@@ -154,9 +140,9 @@ impl Upstreams {
             .filter(|(_, (l, _))| l.is_up())
             .map(|(i, (_, &h))| (h, i));
         let Some(link) = router::choose(key, up).and_then(|i| self.links.get(i)) else {
-            // admit() saw a link up in this same turn, so this is a race with nothing to route to.
-            s.set(flag::UPSTREAM_DONE);
-            core.close(s, 1013, "no upstream available");
+            // any_up() saw a link up in this same turn, so this is a race with nothing to route to.
+            c.state.borrow_mut().session.upstream_gone();
+            core.close(c, 1013, "no upstream available");
             return;
         };
         let target = match &req.query {
@@ -170,39 +156,40 @@ impl Upstreams {
             .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         let info = protocol::OpenInfo {
-            user: s.user.as_deref().unwrap_or(""),
+            user: c.user.as_deref().unwrap_or(""),
             client_addr: &peer.to_string(),
             target: &target,
             headers: &headers,
         };
-        link.open(s, &info);
-        if s.has(flag::UPSTREAM_DONE) {
-            core.close(s, 1008, "session description too large");
+        if !link.open(c, &info) {
+            c.state.borrow_mut().session.upstream_gone();
+            core.close(c, 1008, "session description too large");
         }
     }
 
-    pub fn data(&self, s: &Session, text: bool, payload: Bytes) {
-        if let Some(l) = self.links.get(s.route.get() as usize) {
-            l.data(s, text, payload);
+    pub fn data(&self, c: &Conn, text: bool, payload: Bytes) {
+        if let Some(l) = self.links.get(c.route.get() as usize) {
+            l.data(c, text, payload);
         }
     }
 
     /// [`Upstreams::data`] for a game-sized message, copied into the link's queue.
-    pub fn data_copy(&self, s: &Session, text: bool, payload: &[u8]) {
-        if let Some(l) = self.links.get(s.route.get() as usize) {
-            l.data_copy(s, text, payload);
+    pub fn data_copy(&self, c: &Conn, text: bool, payload: &[u8]) {
+        if let Some(l) = self.links.get(c.route.get() as usize) {
+            l.data_copy(c, text, payload);
         }
     }
 
-    pub fn closed(&self, s: &Session, code: u16) {
-        if let Some(l) = self.links.get(s.route.get() as usize) {
-            l.closed(s, code);
+    /// A session ended with `code`; `tell`: the game server does not know yet.
+    pub fn closed(&self, c: &Conn, code: u16, tell: bool) {
+        if let Some(l) = self.links.get(c.route.get() as usize) {
+            l.closed(c, code, tell);
         }
     }
 
-    /// The gate to wait at before reading more from this session's client, if its link is congested.
-    pub fn backpressure(&self, s: &Session) -> Option<Rc<Gate>> {
-        let l = self.links.get(s.route.get() as usize)?;
+    /// The gate to wait at before reading more from this client, if its link is congested.
+    pub fn backpressure(&self, c: &Conn) -> Option<Rc<Gate>> {
+        let l = self.links.get(c.route.get() as usize)?;
         l.gate.is_shut().then(|| l.gate.clone())
     }
 
@@ -226,17 +213,5 @@ impl Upstreams {
                 connect_failures: l.connect_failures.get(),
             })
             .collect()
-    }
-}
-
-/// Checks an upstream address of the form `HOST:PORT` (resolution happens at start).
-pub fn parse_address(addr: &str) -> Result<(), String> {
-    let (host, port) = addr.rsplit_once(':').ok_or("expected HOST:PORT")?;
-    if host.is_empty() {
-        return Err("empty host".into());
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err("port must be a number from 1 to 65535".into()),
     }
 }

@@ -3,19 +3,24 @@
 //!
 //! Owns the connection until its 101 response is queued. Never answers a request on a core that
 //! does not own its user: the socket and the bytes already read move first (the owning core writes
-//! the response), so a session never changes core after its upgrade.
+//! the response), so a session never changes core after its upgrade. What may be admitted is
+//! `admission`'s to say; this module applies it.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::runtime::core::{bump, Core};
+use crate::gateway::admission::{self, Permit};
+use crate::gateway::core::{bump, Core};
+use crate::gateway::{receive, CoreMsg};
+use crate::runtime::contain::Contained;
 use crate::runtime::sys::{self, ReadOutcome};
-use crate::runtime::{conn, CoreMsg};
+use crate::runtime::throttle::Throttled;
 use crate::shard;
 use crate::ws::{
     parse_request, query_param, write_accept_response, HandshakeConfig, HandshakeError,
@@ -30,6 +35,8 @@ pub struct Handoff {
     pub user: Option<String>,
     /// Bytes that followed the request head (frames the client pipelined).
     pub rest: BytesMut,
+    /// The connection's place in the process's budget travels with it.
+    pub permit: Permit,
 }
 
 /// Accepts until shutdown. A core at its connection cap, or out of file descriptors, turns clients
@@ -48,25 +55,27 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 bump(&core.counters.accepted);
-                let held = core.handshaking.get() + core.live_sessions();
-                if held >= core.settings.max_connections {
-                    bump(&core.counters.shed);
-                    at_cap.warn(|suppressed| {
-                        tracing::warn!(
-                            core = core.index,
-                            held,
-                            suppressed,
-                            "connection limit reached, answering 503"
-                        )
-                    });
-                    turn_away(stream.as_raw_fd());
-                    continue;
-                }
-                core.handshaking.set(core.handshaking.get() + 1);
+                let permit = match core.budget.admit() {
+                    Ok(p) => p,
+                    Err(held) => {
+                        bump(&core.counters.shed);
+                        at_cap.warn(|suppressed| {
+                            tracing::warn!(
+                                core = core.index,
+                                held,
+                                max = core.budget.max(),
+                                suppressed,
+                                "connection limit reached, answering 503"
+                            )
+                        });
+                        turn_away(sys::fd(&stream));
+                        continue;
+                    }
+                };
                 let owner = core.clone();
-                // The socket is dropped with the task's state; `Handshaking` uncounts it.
-                monoio::spawn(conn::Contained::new(
-                    handshake(core.clone(), stream, peer),
+                // The socket and the permit are dropped with the task's state.
+                monoio::spawn(Contained::new(
+                    handshake(core.clone(), stream, peer, permit),
                     move || {
                         bump(&owner.counters.panics);
                         tracing::error!(%peer, "handshake task panicked; connection dropped");
@@ -88,9 +97,9 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                 });
                 if reserve.take().is_some() {
                     // Only clients already waiting: one arriving later may find descriptors again.
-                    if let Ok(Some(fd)) = sys::accept_now(listener.as_raw_fd()) {
+                    if let Ok(Some(fd)) = sys::accept_now(sys::fd(&listener)) {
                         bump(&core.counters.shed);
-                        turn_away(fd.as_raw_fd());
+                        turn_away(fd.as_fd());
                     }
                     reserve = std::fs::File::open("/dev/null").ok();
                 }
@@ -104,45 +113,13 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
-/// A warning that is logged at most once per interval, with the count of those it held back.
-#[derive(Default)]
-struct Throttled {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttled {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn warn(&mut self, log: impl FnOnce(u64)) {
-        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            log(self.suppressed);
-            self.last = Some(Instant::now());
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 enum HeadError {
     Closed,
     Rejected(HandshakeError),
 }
 
-/// Counts a connection as handshaking until its handshake task ends, however it ends.
-struct Handshaking(Rc<Core>);
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        let n = &self.0.handshaking;
-        n.set(n.get().saturating_sub(1));
-    }
-}
-
-async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let _counted = Handshaking(core.clone());
-    if let Err(e) = sys::prepare_client_socket(stream.as_raw_fd()) {
+async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
+    if let Err(e) = sys::prepare_client_socket(sys::fd(&stream)) {
         tracing::debug!(%peer, error = %e, "socket setup failed");
         return;
     }
@@ -174,7 +151,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         None => core.index,
     };
     if owner == core.index {
-        establish(&core, stream, peer, req, user, buf);
+        establish(&core, stream, peer, req, user, buf, permit);
         return;
     }
     bump(&core.counters.handed_off);
@@ -187,6 +164,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         req,
         user,
         rest: buf,
+        permit,
     }));
     let sent = match core.peers.get(owner) {
         Some(channel) => channel.send_async(msg).await.is_ok(),
@@ -203,7 +181,7 @@ pub fn adopt(core: &Rc<Core>, h: Box<Handoff>) {
     bump(&core.counters.received_from_other_core);
     let std = std::net::TcpStream::from(h.fd);
     match TcpStream::from_std(std) {
-        Ok(stream) => establish(core, stream, h.peer, h.req, h.user, h.rest),
+        Ok(stream) => establish(core, stream, h.peer, h.req, h.user, h.rest, h.permit),
         Err(e) => tracing::debug!(peer = %h.peer, error = %e, "cannot adopt socket"),
     }
 }
@@ -217,45 +195,37 @@ fn establish(
     req: UpgradeRequest,
     user: Option<String>,
     rest: BytesMut,
+    permit: Permit,
 ) {
-    let refusal = if core.shutdown.is_set() {
-        Some("server shutting down")
-    } else if core.upstream.admit().is_err() {
-        Some("no upstream available")
-    } else {
-        None
-    };
-    if let Some(why) = refusal {
+    if let Err(why) = admission::check_upgrade(core.shutdown.is_set(), core.upstream.any_up()) {
         bump(&core.counters.handshake_rejected);
-        monoio::spawn(reject(stream, service_unavailable(why)));
+        drop(permit);
+        monoio::spawn(reject(stream, service_unavailable(&why.to_string())));
         return;
     }
-    let session = core.register(stream, user.map(String::into_boxed_str));
+    permit.keep();
+    let conn = core.register(stream, user.map(String::into_boxed_str));
     let mut response = Vec::with_capacity(160);
     write_accept_response(&req, &mut response);
-    session.push_raw(Bytes::from(response));
-    core.mark_dirty(&session);
+    conn.push_raw(Bytes::from(response));
+    core.mark_dirty(&conn);
     bump(&core.counters.upgraded);
-    tracing::debug!(session = session.id, %peer, core = core.index, user = session.user.as_deref(), "session open");
-    core.upstream.opened(core, &session, &req, peer);
-    let driver = conn::drive(core.clone(), session.clone(), rest);
+    tracing::debug!(session = conn.id, %peer, core = core.index, user = conn.user.as_deref(), "session open");
+    core.upstream.opened(core, &conn, &req, peer);
+    let driver = receive::drive(core.clone(), conn.clone(), rest);
     let owner = core.clone();
-    monoio::spawn(conn::Contained::new(driver, move || {
-        conn::release_after_panic(&owner, &session)
+    monoio::spawn(Contained::new(driver, move || {
+        owner.release_after_panic(&conn)
     }));
 }
 
 /// Answers 503 on a socket we cannot afford to keep, synchronously. What the client already sent is
 /// read first: closing with unread input would send a RST instead of the response.
-fn turn_away(fd: std::os::fd::RawFd) {
+fn turn_away(fd: BorrowedFd<'_>) {
     let mut scratch = BytesMut::with_capacity(4096);
     let _ = sys::read_into(fd, &mut scratch);
     let response = service_unavailable("server out of resources");
-    let iov = [libc::iovec {
-        iov_base: response.as_ptr() as *mut libc::c_void,
-        iov_len: response.len(),
-    }];
-    let _ = sys::send_vectored(fd, &iov);
+    let _ = sys::send_vectored(fd, &[IoSlice::new(&response)]);
     sys::shutdown(fd, libc::SHUT_WR);
 }
 
@@ -271,7 +241,7 @@ async fn read_head(
     stream: &TcpStream,
     cfg: &HandshakeConfig,
 ) -> Result<(UpgradeRequest, BytesMut), HeadError> {
-    let fd = stream.as_raw_fd();
+    let fd = sys::fd(stream);
     // One byte past the limit is enough to tell "too large" from "exactly at the limit".
     let cap = cfg.max_head_bytes + 1;
     let mut buf = BytesMut::with_capacity(cap.min(1024));
@@ -300,13 +270,9 @@ async fn read_head(
 /// the client still sends, because closing with unread input would answer it with a RST that can
 /// destroy the response before the client reads it.
 async fn reject(stream: TcpStream, response: Vec<u8>) {
-    let fd = stream.as_raw_fd();
-    let iov = [libc::iovec {
-        iov_base: response.as_ptr() as *mut libc::c_void,
-        iov_len: response.len(),
-    }];
+    let fd = sys::fd(&stream);
     // The response is a few hundred bytes: it fits in a fresh socket's buffer or the peer is gone.
-    let _ = sys::send_vectored(fd, &iov);
+    let _ = sys::send_vectored(fd, &[IoSlice::new(&response)]);
     sys::shutdown(fd, libc::SHUT_WR);
     let drain = async {
         let mut scratch = BytesMut::with_capacity(4096);

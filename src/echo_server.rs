@@ -12,16 +12,15 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::thread::JoinHandle;
 
 use bytes::BytesMut;
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::protocol::{self as proto, Frame, FrameType};
 use crate::runtime::event::Event;
 use crate::runtime::{sys, Flush, OutQueue, ReadOutcome};
-use crate::upstream::protocol::{self as proto, Frame, FrameType};
 
 /// A running echo server.
 pub struct EchoServer {
@@ -143,7 +142,7 @@ enum Next {
 }
 
 async fn serve_link(stream: TcpStream, shutdown: &Event, max_frame: usize) {
-    let fd = stream.as_raw_fd();
+    let fd = sys::fd(&stream);
     if sys::prepare_client_socket(fd).is_err() {
         return;
     }
@@ -192,7 +191,7 @@ async fn serve_link(stream: TcpStream, shutdown: &Event, max_frame: usize) {
 /// that floods us is slowed by TCP rather than by our memory.
 async fn flush_all(stream: &TcpStream, out: &mut OutQueue) -> std::io::Result<()> {
     loop {
-        match out.flush(stream.as_raw_fd())? {
+        match out.flush(sys::fd(stream))? {
             Flush::Done => return Ok(()),
             Flush::Blocked => stream.writable(false).await?,
         }

@@ -231,7 +231,7 @@ fn token(body: &[u8], ty: FrameType) -> Result<[u8; 8], DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::protocol::{
+    use crate::protocol::{
         close, data_frame, encode_header, hello, link_error, open, ping, OpenInfo,
     };
 

@@ -1,0 +1,268 @@
+//! One core's world: its settings, counters, sessions, clock, timer wheel, dirty list, read buffer,
+//! poller and upstream links, as the drivers of that core share them.
+//!
+//! Everything here is touched by exactly one thread, so it uses `Cell`/`RefCell`, never locks or
+//! atomics (the process-wide connection budget in `admission` excepted). It must never be reached
+//! from another core: other cores send a [`CoreMsg`](super::CoreMsg) instead. What the drivers do
+//! with it lives beside it: `receive`, `write`, `heartbeat`, `accept`, `link`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::gateway::admission::Budget;
+use crate::gateway::conn::Conn;
+use crate::gateway::upstreams::Upstreams;
+use crate::gateway::CoreMsg;
+use crate::runtime::event::{Event, Notify};
+use crate::runtime::poller::Poller;
+use crate::runtime::registry::{Key, Registry};
+use crate::runtime::wheel::Wheel;
+use crate::session::Timing;
+use crate::ws::HandshakeConfig;
+
+/// Settings every core reads on the data path, resolved once from [`Config`].
+#[derive(Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub handshake: HandshakeConfig,
+    pub max_message_size: usize,
+    pub max_client_backlog: usize,
+    pub handshake_timeout: Duration,
+    pub timing: Timing,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Settings {
+        let secs = |d: Duration| d.as_secs().clamp(1, u64::from(u32::MAX / 2)) as u32;
+        Settings {
+            workers: cfg.worker_count(),
+            handshake: HandshakeConfig {
+                path: cfg.path.clone(),
+                subprotocols: cfg.subprotocols.clone(),
+                max_head_bytes: cfg.max_handshake_size,
+            },
+            max_message_size: cfg.max_message_size,
+            max_client_backlog: cfg.max_client_backlog,
+            handshake_timeout: cfg.handshake_timeout,
+            timing: Timing {
+                ping_interval: secs(cfg.ping_interval),
+                idle_timeout: secs(cfg.idle_timeout),
+                close_timeout: secs(cfg.close_timeout),
+            },
+            shutdown_timeout: cfg.shutdown_timeout,
+        }
+    }
+}
+
+/// Counters of one core, reported by the admin endpoint. Plain cells: only this core writes them.
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: Cell<u64>,
+    pub accept_errors: Cell<u64>,
+    pub upgraded: Cell<u64>,
+    pub handshake_rejected: Cell<u64>,
+    pub handshake_timeouts: Cell<u64>,
+    pub handed_off: Cell<u64>,
+    pub received_from_other_core: Cell<u64>,
+    pub messages_in: Cell<u64>,
+    pub messages_out: Cell<u64>,
+    pub protocol_errors: Cell<u64>,
+    pub idle_timeouts: Cell<u64>,
+    pub backlog_closes: Cell<u64>,
+    pub close_timeouts: Cell<u64>,
+    /// Tasks or steps of a task (handshakes, drivers, flushes, heartbeats, links) that panicked;
+    /// each ended its own connection or link only.
+    pub panics: Cell<u64>,
+    /// Connections answered 503 at once: at the connection cap, or out of descriptors (accepted with
+    /// the reserve descriptor).
+    pub shed: Cell<u64>,
+    /// Times a client's driver waited for a congested upstream link.
+    pub paused: Cell<u64>,
+}
+
+impl Counters {
+    /// Every counter with its name, for the admin endpoint.
+    pub fn named(&self) -> [(&'static str, u64); 16] {
+        [
+            ("accepted", self.accepted.get()),
+            ("accept_errors", self.accept_errors.get()),
+            ("upgraded", self.upgraded.get()),
+            ("handshake_rejected", self.handshake_rejected.get()),
+            ("handshake_timeouts", self.handshake_timeouts.get()),
+            ("handed_off", self.handed_off.get()),
+            (
+                "received_from_other_core",
+                self.received_from_other_core.get(),
+            ),
+            ("messages_in", self.messages_in.get()),
+            ("messages_out", self.messages_out.get()),
+            ("protocol_errors", self.protocol_errors.get()),
+            ("idle_timeouts", self.idle_timeouts.get()),
+            ("backlog_closes", self.backlog_closes.get()),
+            ("close_timeouts", self.close_timeouts.get()),
+            ("paused", self.paused.get()),
+            ("panics", self.panics.get()),
+            ("shed", self.shed.get()),
+        ]
+    }
+}
+
+pub fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+pub struct Core {
+    pub index: usize,
+    pub settings: Rc<Settings>,
+    /// Senders to every core's control channel, this one included.
+    pub peers: Vec<flume::Sender<CoreMsg>>,
+    pub upstream: Upstreams,
+    pub counters: Counters,
+    /// The process's connection budget (`max_connections`).
+    pub budget: Budget,
+    pub shutdown: Event,
+    /// Set once every session is closed during shutdown: the upstream links may go now.
+    pub stopped: Event,
+    pub drained: Event,
+    epoch: Instant,
+    now: Cell<u32>,
+    next_session: Cell<u64>,
+    sessions: RefCell<Registry<Rc<Conn>>>,
+    pub(super) wheel: RefCell<Wheel>,
+    pub(super) dirty: RefCell<Vec<Rc<Conn>>>,
+    pub(super) flush_wake: Notify,
+    /// The read buffer all of this core's connections share: borrowed for one read-and-decode pass,
+    /// never across an await.
+    read_buf: RefCell<bytes::BytesMut>,
+    /// Tells the connection drivers when their sockets are readable.
+    pub poller: Poller,
+}
+
+/// Size of the shared read buffer; a read never asks for more than this at once.
+pub const READ_BUF: usize = 64 * 1024;
+
+impl Core {
+    pub fn new(
+        index: usize,
+        settings: Rc<Settings>,
+        peers: Vec<flume::Sender<CoreMsg>>,
+        upstream: Upstreams,
+        budget: Budget,
+        poller: Poller,
+    ) -> Core {
+        Core {
+            index,
+            settings,
+            peers,
+            upstream,
+            counters: Counters::default(),
+            budget,
+            shutdown: Event::default(),
+            stopped: Event::default(),
+            drained: Event::default(),
+            epoch: Instant::now(),
+            now: Cell::new(0),
+            // Starts at 1: session id 0 means "the link itself" in the upstream protocol.
+            next_session: Cell::new(1),
+            sessions: RefCell::new(Registry::default()),
+            wheel: RefCell::new(Wheel::default()),
+            dirty: RefCell::new(Vec::new()),
+            flush_wake: Notify::default(),
+            read_buf: RefCell::new(bytes::BytesMut::new()),
+            poller,
+        }
+    }
+
+    /// Seconds since the core started, advanced by the heartbeat task once a second.
+    pub fn now(&self) -> u32 {
+        self.now.get()
+    }
+
+    /// Advances the clock to the seconds elapsed since start; returns the previous reading.
+    pub(super) fn advance_clock(&self) -> u32 {
+        let now = self.epoch.elapsed().as_secs().min(u64::from(u32::MAX / 2)) as u32;
+        self.now.replace(now)
+    }
+
+    /// The number of open sessions on this core.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.borrow().live()
+    }
+
+    /// Takes the core's read buffer for one synchronous pass. Successive reads fill the same
+    /// allocation until less than a quarter of it is left, so the messages split off it share one
+    /// allocation instead of each pinning a buffer of their own while they wait in a queue.
+    pub fn take_read_buf(&self) -> bytes::BytesMut {
+        let mut buf = std::mem::take(&mut *self.read_buf.borrow_mut());
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
+            // Reclaims the allocation when every slice handed out earlier is gone; otherwise allocates.
+            buf.reserve(READ_BUF);
+        }
+        buf
+    }
+
+    pub fn return_read_buf(&self, mut buf: bytes::BytesMut) {
+        buf.clear();
+        *self.read_buf.borrow_mut() = buf;
+    }
+
+    /// Registers a new session (its place in the budget already kept) and arms its heartbeat.
+    pub fn register(&self, stream: monoio::net::TcpStream, user: Option<Box<str>>) -> Rc<Conn> {
+        let seq = self.next_session.get();
+        self.next_session.set(seq + 1);
+        // Unique per gateway instance: the core index in the top 16 bits, a per-core sequence below.
+        let id = ((self.index as u64) << 48) | (seq & ((1 << 48) - 1));
+        let now = self.now();
+        let (key, conn) = self
+            .sessions
+            .borrow_mut()
+            .insert_with(|key| Rc::new(Conn::new(stream, id, key, user, now)));
+        let due = conn.state.borrow().session.first_due(&self.settings.timing);
+        self.wheel.borrow_mut().insert(key, due);
+        conn
+    }
+
+    /// Removes an ended session and gives its place in the budget back.
+    pub fn unregister(&self, c: &Conn) {
+        if self.sessions.borrow_mut().remove(c.key) {
+            self.budget.release();
+            if self.live_sessions() == 0 && self.shutdown.is_set() {
+                self.drained.set();
+            }
+        }
+    }
+
+    pub fn get(&self, key: Key) -> Option<Rc<Conn>> {
+        self.sessions.borrow().get(key)
+    }
+
+    pub fn sessions(&self) -> Vec<Rc<Conn>> {
+        self.sessions.borrow().all()
+    }
+
+    /// Graceful stop of this core's sessions: close each with 1001, wait up to the shutdown timeout,
+    /// then reset whatever is left.
+    pub async fn close_all(self: &Rc<Self>) {
+        for c in self.sessions() {
+            self.close(&c, 1001, "server shutting down");
+        }
+        if self.live_sessions() == 0 {
+            return;
+        }
+        let waited =
+            monoio::time::timeout(self.settings.shutdown_timeout, self.drained.wait()).await;
+        if waited.is_err() {
+            for c in self.sessions() {
+                self.abort(&c);
+            }
+            // The drivers see their sockets fail at once; give them a bounded moment to clean up.
+            let _ = monoio::time::timeout(Duration::from_secs(1), self.drained.wait()).await;
+        }
+    }
+}
+
+/// A queue of pending handoffs is bounded by the channel; this is its size per core.
+pub const CONTROL_QUEUE: usize = 4096;

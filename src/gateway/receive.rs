@@ -1,0 +1,264 @@
+//! The receive side of one upgraded connection: reads into the core's shared buffer, hands the bytes
+//! to the session state machine and applies what it decides; and the driver task that waits whenever
+//! reading must wait.
+//!
+//! Owns the connection's buffers between reads (only while a frame is incomplete, that frame's
+//! bytes), kept with the session so that the core's poller can read for a parked driver without
+//! waking its task. Never keeps a read buffer while the connection is idle, never holds the core's
+//! buffer or a borrow of the session across an await, and never writes to the socket itself:
+//! replies go through the connection's queue and the core's flusher.
+
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+
+use crate::gateway::conn::{flag, Conn, State};
+use crate::gateway::core::{bump, Core, READ_BUF};
+use crate::runtime::event::Gate;
+use crate::runtime::outq::SMALL;
+use crate::runtime::sys::{self, ReadOutcome};
+use crate::session::{Received, Session};
+use crate::ws::{OpCode, MAX_HEADER_LEN};
+
+/// Runs the session until its close completes or the peer goes away, then releases it.
+/// `pending` holds bytes that arrived with the handshake (pipelined frames).
+pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
+    // The handshake's buffer is not the core's: an incomplete frame keeps it, and otherwise it is
+    // dropped here, not parked on an idle connection for the life of this task.
+    let mut buf = pending;
+    // Starts marked readable, so that bytes that arrived before the watch are read without waiting
+    // for an edge.
+    c.set(flag::READABLE);
+    if let Err(e) = core.poller.watch(sys::fd(&c.stream), c.key.token()) {
+        tracing::warn!(session = c.id, error = %e, "cannot watch the socket, resetting it");
+        core.abort(&c);
+    } else if !buf.is_empty() {
+        let mut st = c.state.borrow_mut();
+        process(&core, &c, &mut st.session, &mut buf);
+        st.pending = park(keep_partial(&core, &st.session, buf, false));
+    } else {
+        drop(buf);
+    }
+    loop {
+        let (reading, open) = {
+            let st = c.state.borrow();
+            (st.session.is_reading(), st.session.is_open())
+        };
+        if c.has(flag::BROKEN) || !reading {
+            break;
+        }
+        // A congested link stops us reading this client: TCP carries the backpressure to it.
+        if open {
+            if let Some(gate) = core.upstream.backpressure(&c) {
+                bump(&core.counters.paused);
+                wait_gate(&c, &gate).await;
+            }
+        }
+        if c.has(flag::FULL) {
+            // The last read filled the buffer and the socket may hold more: wait for it through
+            // the runtime's own poll rather than read again at once, so that a client keeping its
+            // socket full gets one read per turn of the event loop, like everyone else, and
+            // cannot starve its neighbours.
+            c.clear(flag::FULL);
+            if c.stream.readable(false).await.is_err() {
+                break;
+            }
+        } else if !c.has(flag::READABLE | flag::PEER_DONE) {
+            // The poller reads for us from here on, and wakes us only for what it leaves.
+            parked(&c).await;
+            continue;
+        }
+        if c.has(flag::BROKEN) {
+            break;
+        }
+        pass(&core, &c);
+    }
+    // A driver woken by a panic contained in the poller finds its session already released.
+    let end = c.state.borrow_mut().session.end();
+    let Some(end) = end else { return };
+    core.unregister(&c);
+    // Writers may hold the connection a while longer; the receive buffers need not wait for them.
+    c.state.borrow_mut().pending = None;
+    core.upstream.closed(&c, end.code, end.tell_upstream);
+    tracing::debug!(session = c.id, code = end.code, "session ended");
+}
+
+/// The poller's call when a session's socket has news (`peer_done`: the peer finished or failed).
+/// A driver parked for exactly that is read for right here, which spares waking and polling its
+/// task for every burst; the driver is woken only when the link is congested, or when the read
+/// leaves what only it can do: yield after a read that filled the buffer, read on to the peer's
+/// end, or end the session.
+pub fn on_readable(core: &Rc<Core>, c: &Rc<Conn>, peer_done: bool) {
+    if peer_done {
+        c.set(flag::PEER_DONE);
+    }
+    c.set(flag::READABLE);
+    if c.has(flag::PARKED) && core.upstream.backpressure(c).is_none() {
+        // The driver task's own containment does not cover this frame of the stack.
+        if crate::runtime::contain::catch(|| pass(core, c)).is_none() {
+            core.release_after_panic(c);
+        }
+        let leftover = flag::FULL | flag::BROKEN | flag::READABLE | flag::PEER_DONE;
+        if !c.has(leftover) && c.state.borrow().session.is_reading() {
+            return;
+        }
+    }
+    c.clear(flag::PARKED);
+    c.wake();
+}
+
+/// Parks the driver until the poller has marked it readable, or the peer finished, or the
+/// connection broke meanwhile, or the poller gave the driver back what an inline read left it (by
+/// clearing `PARKED`).
+async fn parked(c: &Conn) {
+    c.set(flag::PARKED);
+    std::future::poll_fn(|cx| {
+        if !c.has(flag::PARKED) || c.has(flag::READABLE | flag::PEER_DONE | flag::BROKEN) {
+            std::task::Poll::Ready(())
+        } else {
+            c.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    c.clear(flag::PARKED);
+}
+
+/// One read, into the core's buffer or the incomplete frame's own, and everything it completes.
+/// A read that leaves room drained the socket and clears the readable mark; one that filled the
+/// buffer may not have, so it marks the connection `FULL` instead.
+fn pass(core: &Rc<Core>, c: &Rc<Conn>) {
+    let mut guard = c.state.borrow_mut();
+    let State { session, pending } = &mut *guard;
+    if !session.is_reading() || c.has(flag::BROKEN) {
+        return;
+    }
+    let own = pending.take();
+    let shared = own.is_none();
+    let mut buf = match own {
+        None => core.take_read_buf(),
+        Some(own) => {
+            let mut own = *own;
+            let want = session.frame_remaining().unwrap_or(0).clamp(4096, READ_BUF);
+            own.reserve(want);
+            own
+        }
+    };
+    let room = buf.capacity() - buf.len();
+    match sys::read_into(sys::fd(&c.stream), &mut buf) {
+        Ok(ReadOutcome::Data(n)) => {
+            if n == room {
+                c.set(flag::FULL);
+            } else {
+                c.clear(flag::READABLE);
+            }
+            session.on_read(core.now());
+            process(core, c, session, &mut buf);
+        }
+        Ok(ReadOutcome::WouldBlock) => c.clear(flag::READABLE),
+        Ok(ReadOutcome::Eof) | Err(_) => session.on_peer_gone(),
+    }
+    *pending = park(keep_partial(core, session, buf, shared));
+}
+
+/// What an incomplete frame leaves on the connection: its bytes, or nothing at all.
+fn park(buf: BytesMut) -> Option<Box<BytesMut>> {
+    (!buf.is_empty()).then(|| Box::new(buf))
+}
+
+/// Keeps the bytes of an incomplete frame for the next read and gives the shared buffer back.
+/// Only the partial frame is copied out of the shared buffer, sized for the whole frame so that a
+/// large message is not copied again as it grows.
+fn keep_partial(core: &Core, session: &Session, mut buf: BytesMut, shared: bool) -> BytesMut {
+    if !session.is_open() {
+        buf.clear();
+    }
+    if !shared {
+        if buf.is_empty() {
+            // The frame completed: free its buffer rather than park it on the connection.
+            return BytesMut::new();
+        }
+        return buf;
+    }
+    let kept = if buf.is_empty() {
+        BytesMut::new()
+    } else {
+        let limit = core.settings.max_message_size + MAX_HEADER_LEN;
+        let frame = session.frame_remaining().unwrap_or(0).min(limit);
+        let mut own = BytesMut::with_capacity(buf.len() + frame);
+        own.extend_from_slice(&buf);
+        own
+    };
+    core.return_read_buf(buf);
+    kept
+}
+
+/// Applies what the session decides about each complete input in `buf`.
+fn process(core: &Rc<Core>, c: &Rc<Conn>, session: &mut Session, buf: &mut BytesMut) {
+    while let Some(input) = session.receive(buf, core.settings.max_message_size, SMALL) {
+        match input {
+            Received::SmallData { text, len } => {
+                if let Some(payload) = buf.get(..len) {
+                    bump(&core.counters.messages_in);
+                    core.upstream.data_copy(c, text, payload);
+                }
+                buf.advance(len.min(buf.len()));
+            }
+            Received::Data { text, payload } => {
+                bump(&core.counters.messages_in);
+                core.upstream.data(c, text, payload);
+            }
+            Received::Pong(payload) => {
+                core.send_on(c, session, |c| c.push_frame(OpCode::Pong, payload))
+            }
+            Received::Violation { code, reason } => {
+                bump(&core.counters.protocol_errors);
+                tracing::debug!(session = c.id, error = %reason, "protocol error");
+                core.close_on(c, session, code, &reason);
+            }
+            Received::Closed { echo } => {
+                if let Some(frame) = echo {
+                    c.push_frame(OpCode::Close, frame);
+                    core.mark_dirty(c);
+                }
+            }
+        }
+    }
+}
+
+/// Parks the driver until the link drains, or until the session is closed or reset meanwhile (the
+/// close wakes it through `waker`, so a kicked client is not left waiting on a stalled link).
+async fn wait_gate(c: &Conn, gate: &Gate) {
+    std::future::poll_fn(|cx| {
+        if !gate.is_shut() || c.has(flag::BROKEN) || c.state.borrow().session.close_sent() {
+            c.waker.set(None);
+            std::task::Poll::Ready(())
+        } else {
+            gate.register(cx.waker());
+            c.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+impl Core {
+    /// What a panicking task or step leaves to clean up for its connection: reset the socket,
+    /// release the session, tell the game server (1011).
+    pub fn release_after_panic(&self, c: &Rc<Conn>) {
+        bump(&self.counters.panics);
+        tracing::error!(session = c.id, "connection task panicked; connection reset");
+        self.abort(c);
+        // A panic can leave the session borrowed only if it was raised inside the borrow, and
+        // unwinding has released that borrow by now; `try_` keeps even a bug there from panicking
+        // again.
+        let end = match c.state.try_borrow_mut() {
+            Ok(mut st) => st.session.end(),
+            Err(_) => return,
+        };
+        if let Some(end) = end {
+            self.unregister(c);
+            self.upstream.closed(c, 1011, end.tell_upstream);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The client session as a state machine, in the manner of quinn-proto's `Connection`: bytes read
+//! from the client, clock ticks, sends from the game server and the end of a write go in; decisions
+//! come out (forward this message, answer with a pong, queue a close frame, reset the connection,
+//! tell the game server this close code).
+//!
+//! Owns the rules of one WebSocket session after its upgrade: the message flow, the close handshake
+//! in both directions, heartbeat and idle decisions, the backlog rule, and the end-of-session code
+//! the game server is told. Imports only the WebSocket codec. Must never touch a socket, a timer,
+//! a queue or the clock: time is a number of seconds the driver passes in, and every effect is a
+//! value the driver applies (`gateway::receive`, `gateway::write`, `gateway::heartbeat`).
+//!
+//! Size matters: one lives in every connection, so its state is a few plain fields and the decoder
+//! (see `session_stays_small` in the gateway and docs/architecture.md).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::ws::{close_payload, Decoded, Decoder, Message};
+
+#[cfg(test)]
+mod tests;
+
+/// The session's timers, in whole seconds of the core's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub ping_interval: u32,
+    pub idle_timeout: u32,
+    pub close_timeout: u32,
+}
+
+/// How the receive side is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// A protocol error was answered with a close frame; the rest of the input is meaningless.
+    Failed,
+    /// The close handshake is complete, or the peer is gone: nothing more is read.
+    Done,
+}
+
+/// State bits.
+const CLOSE_SENT: u8 = 1;
+const WRITE_SHUT: u8 = 2;
+const UPSTREAM_DONE: u8 = 4;
+const ENDED: u8 = 8;
+
+/// What one decoded input asks of the driver.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A data message of at most the `small` size passed to [`Session::receive`], left in place:
+    /// forward `buf[..len]` to the game server, then advance the buffer by `len`.
+    SmallData { text: bool, len: usize },
+    /// A data message to forward to the game server as it is.
+    Data { text: bool, payload: Bytes },
+    /// Answer a ping: queue a pong with this payload.
+    Pong(Bytes),
+    /// The client broke the protocol: close with this code and reason. Nothing more is read.
+    Violation { code: u16, reason: String },
+    /// The client closed. `echo` is the close frame to queue in answer, if ours was not sent yet;
+    /// either way the session ends once it is queued.
+    Closed { echo: Option<Bytes> },
+}
+
+/// What a due heartbeat asks of the driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing now; look again at this time.
+    Wait(u32),
+    /// Send a ping, and look again at this time.
+    Ping(u32),
+    /// Silent for `idle_timeout`: close with 1001 "idle timeout" (which arms the close deadline).
+    Idle,
+    /// Our close was not answered in `close_timeout`: reset the connection.
+    CloseTimedOut,
+    /// Nothing more to watch: a close deadline has its own entry.
+    Retire,
+}
+
+/// How a session ended, for the game server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct End {
+    /// Our own code if we closed first (1001, 1008, ...), else the client's (1005 for an empty
+    /// close, 1006 if it vanished).
+    pub code: u16,
+    /// False when the game server already knows (it refused or closed the session, or its link died).
+    pub tell_upstream: bool,
+}
+
+/// The code the game server learns when the client vanished without a close frame.
+pub const VANISHED: u16 = 1006;
+
+pub struct Session {
+    decoder: Decoder,
+    phase: Phase,
+    state: u8,
+    /// The close code the client sent (1006 until it says).
+    client_code: u16,
+    /// The close code we sent, if we closed first.
+    sent_code: u16,
+    /// Clock (seconds) of the last byte received.
+    last_rx: u32,
+    /// Clock of the last ping sent.
+    last_ping: u32,
+    /// Clock by which our close must have been answered.
+    close_deadline: u32,
+}
+
+impl Session {
+    pub fn new(now: u32) -> Session {
+        Session {
+            decoder: Decoder::new(),
+            phase: Phase::Open,
+            state: 0,
+            client_code: VANISHED,
+            sent_code: 0,
+            last_rx: now,
+            last_ping: now,
+            close_deadline: u32::MAX,
+        }
+    }
+
+    fn has(&self, bit: u8) -> bool {
+        self.state & bit != 0
+    }
+
+    /// When the first heartbeat is due.
+    pub fn first_due(&self, t: &Timing) -> u32 {
+        self.last_rx + t.ping_interval.min(t.idle_timeout)
+    }
+
+    /// Bytes arrived from the client (the idle clock restarts).
+    pub fn on_read(&mut self, now: u32) {
+        self.last_rx = now;
+    }
+
+    /// The client's socket reported its end or failed: nothing more will be read.
+    pub fn on_peer_gone(&mut self) {
+        self.phase = Phase::Done;
+    }
+
+    /// Still reading the client (not done with the close handshake, not gone).
+    pub fn is_reading(&self) -> bool {
+        self.phase != Phase::Done
+    }
+
+    /// Reading messages that matter: a congested link pauses only such a session, since one that
+    /// failed or is done reads only to reach the end.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Our close frame is queued; nothing may follow it.
+    pub fn close_sent(&self) -> bool {
+        self.has(CLOSE_SENT)
+    }
+
+    /// Bytes still missing from the frame being received, if one is partly read.
+    pub fn frame_remaining(&self) -> Option<usize> {
+        self.decoder.frame_remaining()
+    }
+
+    /// Decodes the next input from `buf` and decides what it asks for; `None` when the buffer holds
+    /// no complete frame (or the session reads nothing more: the buffer is then cleared). Messages
+    /// the session must ignore (data after our close, pongs) are consumed on the way.
+    pub fn receive(
+        &mut self,
+        buf: &mut BytesMut,
+        max_message: usize,
+        small: usize,
+    ) -> Option<Received> {
+        loop {
+            if self.phase != Phase::Open {
+                buf.clear();
+                return None;
+            }
+            // After our close frame (or once the game server is gone) nothing but the client's
+            // close matters.
+            let forwarding = self.state & (CLOSE_SENT | UPSTREAM_DONE) == 0;
+            let msg = match self.decoder.decode_small(buf, max_message, small) {
+                Ok(Some(Decoded::InPlace { text, len })) => {
+                    if forwarding {
+                        return Some(Received::SmallData { text, len });
+                    }
+                    bytes::Buf::advance(buf, len.min(buf.len()));
+                    continue;
+                }
+                Ok(Some(Decoded::Message(msg))) => msg,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.client_code = e.close_code();
+                    self.phase = Phase::Failed;
+                    buf.clear();
+                    return Some(Received::Violation {
+                        code: e.close_code(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            match msg {
+                Message::Text(payload) if forwarding => {
+                    return Some(Received::Data {
+                        text: true,
+                        payload,
+                    })
+                }
+                Message::Binary(payload) if forwarding => {
+                    return Some(Received::Data {
+                        text: false,
+                        payload,
+                    })
+                }
+                Message::Ping(p) if !self.close_sent() => return Some(Received::Pong(p)),
+                Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(frame) => {
+                    self.client_code = frame.as_ref().map_or(1005, |f| f.code);
+                    self.phase = Phase::Done;
+                    buf.clear();
+                    let echo = (!self.close_sent()).then(|| {
+                        self.state |= CLOSE_SENT;
+                        // Echo the client's code (RFC 6455 sec. 5.5.1); an empty close is answered
+                        // empty.
+                        frame.map_or_else(Bytes::new, |f| close_payload(f.code, ""))
+                    });
+                    return Some(Received::Closed { echo });
+                }
+            }
+        }
+    }
+
+    /// May a frame still be queued to the client (a message from the game server, a ping)?
+    pub fn may_send(&self) -> bool {
+        self.state & (CLOSE_SENT | ENDED) == 0
+    }
+
+    /// The backlog rule: a client whose queue was already past `max` when another message came is
+    /// not reading, and is closed with 1008 rather than allowed to grow memory. So a message of any
+    /// allowed size still reaches a reading client, and one holds at most `max` plus one message.
+    pub fn over_backlog(queued_before: usize, max: usize) -> bool {
+        queued_before > max
+    }
+
+    /// Starts a server-initiated close with `code`. Returns the close deadline when the driver must
+    /// queue our close frame (and arm the deadline), or `None` if a close was already sent or the
+    /// session is over.
+    pub fn begin_close(&mut self, code: u16, now: u32, t: &Timing) -> Option<u32> {
+        if self.state & (CLOSE_SENT | ENDED) != 0 {
+            return None;
+        }
+        self.state |= CLOSE_SENT;
+        self.sent_code = code;
+        self.close_deadline = now + t.close_timeout;
+        Some(self.close_deadline)
+    }
+
+    /// Everything queued has been written (`queued` bytes still wait). True when the write side must
+    /// be shut now: our close frame is out, so the client reads it, answers, and sees our FIN.
+    pub fn on_written(&mut self, queued: usize) -> bool {
+        if self.close_sent() && !self.has(WRITE_SHUT) && queued == 0 {
+            self.state |= WRITE_SHUT;
+            return true;
+        }
+        false
+    }
+
+    /// The game server already knows the session is over (it refused or closed it, or its link
+    /// died): nothing more is forwarded and no CLOSE goes to it.
+    pub fn upstream_gone(&mut self) {
+        self.state |= UPSTREAM_DONE;
+    }
+
+    /// The session ends. Returns what the game server is to be told, once: `None` if it had already
+    /// ended. The receive state is freed, since writers may hold the session a while longer.
+    pub fn end(&mut self) -> Option<End> {
+        if self.has(ENDED) {
+            return None;
+        }
+        self.state |= ENDED;
+        self.phase = Phase::Done;
+        self.decoder = Decoder::new();
+        Some(End {
+            code: match self.sent_code {
+                0 => self.client_code,
+                sent => sent,
+            },
+            tell_upstream: !self.has(UPSTREAM_DONE),
+        })
+    }
+
+    /// A heartbeat entry of this session came due at `now`.
+    pub fn on_tick(&mut self, now: u32, t: &Timing) -> Tick {
+        if self.close_sent() {
+            // begin_close armed an entry of its own for the deadline; earlier entries just retire.
+            return if now >= self.close_deadline {
+                Tick::CloseTimedOut
+            } else {
+                Tick::Retire
+            };
+        }
+        // The clock counts whole seconds, so last_rx may be up to a second early: the extra second
+        // keeps a client from being closed before its full idle_timeout.
+        let idle_at = self.last_rx.saturating_add(t.idle_timeout + 1);
+        if now >= idle_at {
+            return Tick::Idle;
+        }
+        let mut ping = false;
+        if now >= self.last_ping.saturating_add(t.ping_interval) {
+            self.last_ping = now;
+            ping = true;
+        }
+        let next = idle_at.min(self.last_ping.saturating_add(t.ping_interval));
+        if ping {
+            Tick::Ping(next)
+        } else {
+            Tick::Wait(next)
+        }
+    }
+}
