@@ -1,32 +1,14 @@
 //! The command line as an operator meets it: `check-config` on good and bad files, and `run`
 //! without an upstream.
 
-use std::process::Command;
+mod support;
 
-fn ringgate(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
+use support::*;
 
 #[test]
 fn check_config_accepts_the_example_file() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ringgate.example.toml");
-    let (ok, out, err) = ringgate(&["check-config", example]);
+    let (ok, out, err) = ringgate_output(&["check-config", example]);
     assert!(ok, "{err}");
     assert!(out.trim_end().ends_with(": ok"), "{out}");
 }
@@ -44,8 +26,8 @@ fn check_config_reports_the_first_error_with_its_key() {
         ("[[upstream]]\naddress = \"no-port\"\n", "upstream.address"),
         ("handshake_timeout = \"forever\"\n", "handshake_timeout"),
     ] {
-        let f = temp_file("bad.toml", text);
-        let (ok, _, err) = ringgate(&["check-config", f.to_str().unwrap()]);
+        let f = TempFile::new("bad.toml", text);
+        let (ok, _, err) = ringgate_output(&["check-config", f.path().to_str().unwrap()]);
         assert!(!ok, "{text:?} was accepted");
         assert!(
             err.contains(key),
@@ -56,7 +38,7 @@ fn check_config_reports_the_first_error_with_its_key() {
 
 #[test]
 fn run_without_an_upstream_says_what_to_do() {
-    let (ok, _, err) = ringgate(&["run", "--listen", "127.0.0.1:0"]);
+    let (ok, _, err) = ringgate_output(&["run", "--listen", "127.0.0.1:0"]);
     assert!(!ok);
     assert!(
         err.contains("no upstream configured") && err.contains("--upstream"),

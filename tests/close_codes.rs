@@ -1,20 +1,21 @@
 //! Every way a client frame fails the connection, each checked by the code of the server's close
 //! frame, and the echo of a client's own close followed by the end of the TCP connection.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use ringgate::ws::OpCode;
+use support::*;
 
 /// A server whose close handshake times out quickly, so that failed connections end fast.
-fn server() -> Server {
-    Server::start(&["--close-timeout", "1s"])
+fn server() -> Gateway {
+    Gateway::demo(&["--close-timeout", "1s"])
 }
 
 /// Opens a session, sends `bytes` in one write, and expects the connection to fail with `code`.
-fn fails_with(server: &Server, what: &str, bytes: &[u8], code: u16) {
+fn fails_with(server: &Gateway, what: &str, bytes: &[u8], code: u16) {
     let mut s = raw_upgrade(server.addr(), &[]);
     s.write_all(bytes)
         .unwrap_or_else(|e| panic!("{what}: write failed: {e}"));
@@ -28,13 +29,7 @@ fn fails_with(server: &Server, what: &str, bytes: &[u8], code: u16) {
         Some(code),
         "{what}: wrong close code in {f:?}"
     );
-    let _ = s.write_all(&frame_bytes(
-        true,
-        0,
-        OP_CLOSE,
-        &close_payload(code, b""),
-        true,
-    ));
+    answer_close(&mut s, code);
     expect_end(&mut s);
 }
 
@@ -55,20 +50,14 @@ fn echo_maybe_then_fail(s: &mut std::net::TcpStream, text: &[u8], code: u16) {
             "expected the echo or a close, got {f:?}"
         );
         assert_eq!(f.close_code(), Some(code), "{f:?}");
-        let _ = s.write_all(&frame_bytes(
-            true,
-            0,
-            OP_CLOSE,
-            &close_payload(code, b""),
-            true,
-        ));
+        answer_close(s, code);
         expect_end(s);
         return;
     }
     expect_fail(s, code);
 }
 
-fn frames(list: &[(bool, u8, u8, &[u8])]) -> Vec<u8> {
+fn frames(list: &[(bool, u8, OpCode, &[u8])]) -> Vec<u8> {
     list.iter()
         .flat_map(|&(fin, rsv, op, payload)| frame_bytes(fin, rsv, op, payload, true))
         .collect()
@@ -102,7 +91,7 @@ fn an_unmasked_client_frame_gets_1002() {
     s.write_all(&both).unwrap();
     echo_maybe_then_fail(&mut s, b"ok", 1002);
     server.wait_stats("protocol_errors counted", Duration::from_secs(5), |s| {
-        counter_sum(s, "protocol_errors") >= 4
+        s.counter("protocol_errors") >= 4
     });
 }
 
@@ -327,8 +316,9 @@ fn invalid_utf8_in_the_first_fragment_fails_without_waiting_for_the_rest() {
 
 #[test]
 fn a_message_over_max_message_size_gets_1009_from_the_header_alone() {
-    let server = Server::start(&["--close-timeout", "1s", "--max-message-size", "1000"]);
-    let header = |fin: bool, op: u8, len: u64| frame_header(fin, 0, op, len, Some(random_mask()));
+    let server = Gateway::demo(&["--close-timeout", "1s", "--max-message-size", "1000"]);
+    let header =
+        |fin: bool, op: OpCode, len: u64| frame_header(fin, 0, op, len, Some(random_mask()));
     fails_with(
         &server,
         "16-bit length 1001",
@@ -406,7 +396,7 @@ fn a_close_reason_that_is_not_utf8_gets_1007() {
 }
 
 /// Sends a close with `code` and `reason`; the answer carries the same code, then TCP ends with EOF.
-fn close_is_echoed(server: &Server, code: u16, reason: &[u8]) {
+fn close_is_echoed(server: &Gateway, code: u16, reason: &[u8]) {
     let mut s = raw_upgrade(server.addr(), &[]);
     // A message first, so the session is in full use.
     send_frame(&mut s, true, 0, OP_TEXT, b"before", true);
@@ -447,6 +437,6 @@ fn a_client_close_is_echoed_with_its_code_and_then_tcp_is_closed() {
     expect_close(&mut s, 1000);
     expect_end(&mut s);
     server.wait_stats("sessions back to 0", Duration::from_secs(5), |s| {
-        sessions_sum(s) == 0
+        s.sessions_total() == 0
     });
 }

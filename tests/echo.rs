@@ -2,12 +2,12 @@
 //! fragmentation with interleaved pings, frames pipelined with the handshake, subprotocols, and the
 //! epoll driver.
 
-mod common;
+mod support;
 
 use std::io::Write;
-use std::time::Duration;
 
-use common::*;
+use ringgate::ws::OpCode;
+use support::*;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
@@ -20,30 +20,30 @@ const MAX: usize = 1 << 20;
 
 #[test]
 fn binary_messages_of_every_boundary_size_are_echoed_as_binary() {
-    let server = Server::start(&[]);
-    let mut ws = server.ws();
+    let server = Gateway::demo(&[]);
+    let mut ws = server.anonymous_client();
     for n in SIZES {
-        ws_echo(&mut ws, Message::Binary(binary_of_len(n)));
+        ws.echo(Message::Binary(binary_of_len(n)));
     }
-    ws_close(ws);
+    ws.close();
 }
 
 #[test]
 fn text_messages_of_every_boundary_size_are_echoed_as_text() {
-    let server = Server::start(&[]);
-    let mut ws = server.ws();
+    let server = Gateway::demo(&[]);
+    let mut ws = server.anonymous_client();
     for n in SIZES {
         let t = text_of_len(n);
         assert_eq!(t.len(), n);
-        ws_echo(&mut ws, Message::Text(t));
+        ws.echo(Message::Text(t));
     }
-    ws_close(ws);
+    ws.close();
 }
 
 #[test]
 fn text_and_binary_interleaved_keep_their_type_and_order() {
-    let server = Server::start(&[]);
-    let mut ws = server.ws();
+    let server = Gateway::demo(&[]);
+    let mut ws = server.anonymous_client();
     let sent: Vec<Message> = (0..20)
         .map(|i| {
             if i % 2 == 0 {
@@ -54,10 +54,10 @@ fn text_and_binary_interleaved_keep_their_type_and_order() {
         })
         .collect();
     for m in &sent {
-        ws.send(m.clone()).unwrap();
+        ws.send(m.clone());
     }
     for m in &sent {
-        let got = ws_read_data(&mut ws);
+        let got = ws.read_data();
         assert!(
             &got == m,
             "expected {}, got {}",
@@ -65,21 +65,21 @@ fn text_and_binary_interleaved_keep_their_type_and_order() {
             describe(&got)
         );
     }
-    ws_close(ws);
+    ws.close();
 }
 
 #[test]
 fn messages_of_exactly_the_default_max_message_size_are_echoed() {
-    let server = Server::start(&[]);
-    let mut ws = server.ws();
-    ws_echo(&mut ws, Message::Binary(binary_of_len(MAX)));
-    ws_echo(&mut ws, Message::Text(text_of_len(MAX)));
-    ws_close(ws);
+    let server = Gateway::demo(&[]);
+    let mut ws = server.anonymous_client();
+    ws.echo(Message::Binary(binary_of_len(MAX)));
+    ws.echo(Message::Text(text_of_len(MAX)));
+    ws.close();
 }
 
 #[test]
 fn a_fragmented_message_of_exactly_the_default_max_message_size_is_echoed() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let mut s = raw_upgrade(server.addr(), &[]);
     let whole = binary_of_len(MAX);
     let (a, rest) = whole.split_at(MAX / 2);
@@ -98,7 +98,7 @@ fn a_fragmented_message_of_exactly_the_default_max_message_size_is_echoed() {
 
 #[test]
 fn one_byte_over_the_default_max_message_size_gets_1009() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
 
     // 1 MiB + 1 in one frame: the header alone must be enough to refuse it.
     let mut s = raw_upgrade(server.addr(), &[]);
@@ -133,12 +133,12 @@ fn one_byte_over_the_default_max_message_size_gets_1009() {
     expect_close(&mut s, 1009);
 
     // The server still serves.
-    let mut ws = server.ws();
-    ws_echo(&mut ws, Message::Text("still there".into()));
+    let mut ws = server.anonymous_client();
+    ws.echo(Message::Text("still there".into()));
 }
 
-fn fragmented_with_pings_between(opcode: u8, parts: [&[u8]; 3]) {
-    let server = Server::start(&[]);
+fn fragmented_with_pings_between(opcode: OpCode, parts: [&[u8]; 3]) {
+    let server = Gateway::demo(&[]);
     let mut s = raw_upgrade(server.addr(), &[]);
 
     send_frame(&mut s, false, 0, opcode, parts[0], true);
@@ -195,7 +195,7 @@ fn fragmented_binary_with_pings_between_fragments() {
 
 #[test]
 fn ping_is_answered_with_pong_carrying_the_same_payload() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let mut s = raw_upgrade(server.addr(), &[]);
     for payload in [Vec::new(), b"x".to_vec(), binary_of_len(125)] {
         send_frame(&mut s, true, 0, OP_PING, &payload, true);
@@ -217,7 +217,7 @@ fn ping_is_answered_with_pong_carrying_the_same_payload() {
 
 #[test]
 fn a_frame_dribbled_one_byte_per_write_is_echoed() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let mut s = raw_upgrade(server.addr(), &[]);
     let payload = text_of_len(300);
     let bytes = frame_bytes(true, 0, OP_TEXT, payload.as_bytes(), true);
@@ -229,7 +229,7 @@ fn a_frame_dribbled_one_byte_per_write_is_echoed() {
 
 /// Frames written together with the request head: the server must not lose the bytes that
 /// followed the head, even when the session moves to another core.
-fn pipelined(server: &Server, path: &str) {
+fn pipelined(server: &Gateway, path: &str) {
     let addr = server.addr();
     let key = random_key();
     let mut bytes = upgrade_request(addr, path, &key, &[]);
@@ -281,7 +281,7 @@ fn pipelined(server: &Server, path: &str) {
 
 #[test]
 fn frames_pipelined_with_the_handshake_are_echoed() {
-    let server = Server::start(&["--workers", "2"]);
+    let server = Gateway::demo(&["--workers", "2"]);
     pipelined(&server, "/ws");
     // With users, about half of these are accepted by the core that does not own them.
     for i in 0..16 {
@@ -291,7 +291,7 @@ fn frames_pipelined_with_the_handshake_are_echoed() {
 
 #[test]
 fn subprotocol_is_the_first_offered_by_the_client_that_the_server_accepts() {
-    let server = Server::start(&["--subprotocol", "chat", "--subprotocol", "game.v2"]);
+    let server = Gateway::demo(&["--subprotocol", "chat", "--subprotocol", "game.v2"]);
     let addr = server.addr();
     for (offer, expect) in [
         // (tungstenite matches the answer against the offer split at ',' without trimming, so
@@ -304,14 +304,14 @@ fn subprotocol_is_the_first_offered_by_the_client_that_the_server_accepts() {
         let mut req = server.url().into_client_request().unwrap();
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", offer.parse().unwrap());
-        let (mut ws, resp) = ws_connect_request(addr, req);
+        let (mut ws, resp) = Client::connect_request(addr, req, "(no user)");
         let got = resp
             .headers()
             .get("Sec-WebSocket-Protocol")
             .map(|v| v.to_str().unwrap().to_string());
         assert_eq!(got.as_deref(), Some(expect), "offer {offer:?}");
-        ws_echo(&mut ws, Message::Text(format!("with {expect}")));
-        ws_close(ws);
+        ws.echo(Message::Text(format!("with {expect}")));
+        ws.close();
     }
 
     let (_s, resp) = raw_upgrade_path(
@@ -351,46 +351,41 @@ fn subprotocol_is_the_first_offered_by_the_client_that_the_server_accepts() {
 
 #[test]
 fn echo_works_on_the_forced_epoll_driver() {
-    let server = Server::start_with_env(&["--workers", "2"], &[("RINGGATE_FORCE_EPOLL", "1")]);
-    assert!(
-        server.wait_for_stderr(EPOLL_LOG_LINE, Duration::from_secs(10)),
-        "stderr lacks {EPOLL_LOG_LINE:?}:\n{}",
-        server.stderr_text()
-    );
-    let mut ws = server.ws();
+    let server = Gateway::demo_on_epoll(&["--workers", "2"]);
+    let mut ws = server.anonymous_client();
     for n in SIZES {
-        ws_echo(&mut ws, Message::Binary(binary_of_len(n)));
-        ws_echo(&mut ws, Message::Text(text_of_len(n)));
+        ws.echo(Message::Binary(binary_of_len(n)));
+        ws.echo(Message::Text(text_of_len(n)));
     }
-    ws_close(ws);
+    ws.close();
     ws_pair_on(&server);
     for i in 0..8 {
-        let mut ws = server.ws_user(&format!("epoll{i}"));
-        ws_echo(&mut ws, Message::Text(format!("user epoll{i}")));
-        ws_close(ws);
+        let mut ws = server.client(&format!("epoll{i}"));
+        ws.echo(Message::Text(format!("user epoll{i}")));
+        ws.close();
     }
     fragmented_on(&server);
     pipelined(&server, "/ws?user=epoll-pipelined");
 
     let stats = server.stats();
-    for core in stats.as_array().unwrap() {
+    for core in stats.cores() {
         assert_eq!(core["driver"], "epoll", "{stats}");
     }
 }
 
-fn ws_pair_on(server: &Server) {
+fn ws_pair_on(server: &Gateway) {
     // Two clients at once, so that one core's event loop serves several sockets.
-    let mut a = server.ws();
-    let mut b = server.ws();
-    a.send(Message::Text("a".into())).unwrap();
-    b.send(Message::Text("b".into())).unwrap();
-    assert_eq!(ws_read_data(&mut b), Message::Text("b".into()));
-    assert_eq!(ws_read_data(&mut a), Message::Text("a".into()));
-    ws_close(a);
-    ws_close(b);
+    let mut a = server.anonymous_client();
+    let mut b = server.anonymous_client();
+    a.send(Message::Text("a".into()));
+    b.send(Message::Text("b".into()));
+    assert_eq!(b.read_data(), Message::Text("b".into()));
+    assert_eq!(a.read_data(), Message::Text("a".into()));
+    a.close();
+    b.close();
 }
 
-fn fragmented_on(server: &Server) {
+fn fragmented_on(server: &Gateway) {
     let mut s = raw_upgrade(server.addr(), &[]);
     send_frame(&mut s, false, 0, OP_TEXT, b"ab", true);
     send_frame(&mut s, true, 0, OP_PING, b"p", true);

@@ -1,14 +1,13 @@
 //! `examples/game_server.py`, the protocol written from docs/protocol.md alone, behind the real
 //! proxy: echo of text and binary, a kick, a refusal.
 
-mod upstream_support;
+mod support;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use support::*;
 use tungstenite::Message;
-use upstream_support::*;
 
 #[test]
 fn python_example_game_server() {
@@ -17,14 +16,10 @@ fn python_example_game_server() {
     cmd.arg(script).args(["--listen", "127.0.0.1:0"]);
     let mut py = Proc::spawn("python3 examples/game_server.py", cmd);
     let rest = py.wait_line("game_server listening on ", START_TIMEOUT);
-    let addr: SocketAddr = rest
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("game_server.py announced {rest:?}: {e}"));
-    assert_ne!(addr.port(), 0);
+    let addr = parse_addr("game_server.py", &rest);
 
     let names = vec![addr.to_string()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     gw.wait_links_up(&names);
 
     // Echo, text stays text and binary stays binary, several sizes, on both cores.

@@ -1,13 +1,13 @@
 //! The opening handshake: every refusal with its status and headers, the accept key, the head-size
 //! limit, the handshake timeout, and that none of it hurts the next client.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 use tungstenite::Message;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -76,15 +76,15 @@ fn expect_refusal(addr: SocketAddr, raw: &[u8], status: u16) -> HttpResponse {
     resp
 }
 
-fn check_still_upgrades(server: &Server) {
-    let mut ws = server.ws();
-    ws_echo(&mut ws, Message::Text("still upgrading".into()));
-    ws_close(ws);
+fn check_still_upgrades(server: &Gateway) {
+    let mut ws = server.anonymous_client();
+    ws.echo(Message::Text("still upgrading".into()));
+    ws.close();
 }
 
 #[test]
 fn the_rfc_example_key_gets_the_rfc_accept_value() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let mut s = tcp_connect(addr);
     s.write_all(&request("GET /ws HTTP/1.1", addr, &[], &[]))
@@ -105,7 +105,7 @@ fn the_rfc_example_key_gets_the_rfc_accept_value() {
 
 #[test]
 fn header_names_and_tokens_are_case_insensitive_and_lists_are_accepted() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let raw = head(
         "GET /ws?user=casey&x=1 HTTP/1.1",
@@ -130,7 +130,7 @@ fn header_names_and_tokens_are_case_insensitive_and_lists_are_accepted() {
 
 #[test]
 fn a_head_sent_in_pieces_is_upgraded() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let key = random_key();
     let raw = upgrade_request(addr, "/ws", &key, &[]);
@@ -152,7 +152,7 @@ fn a_head_sent_in_pieces_is_upgraded() {
 
 #[test]
 fn non_get_gets_405_with_allow_get() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     // (Not HEAD: its response would have no body whatever Content-Length says.)
     for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
@@ -173,7 +173,7 @@ fn non_get_gets_405_with_allow_get() {
 
 #[test]
 fn another_path_gets_404() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     for path in ["/", "/other", "/wsx", "/w", "/other?user=alice"] {
         expect_refusal(
@@ -187,7 +187,7 @@ fn another_path_gets_404() {
 
 #[test]
 fn missing_host_gets_400() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     expect_refusal(
         addr,
@@ -199,7 +199,7 @@ fn missing_host_gets_400() {
 
 #[test]
 fn a_plain_get_gets_426_with_upgrade_websocket() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let raw = head(
         "GET /ws HTTP/1.1",
@@ -222,7 +222,7 @@ fn a_plain_get_gets_426_with_upgrade_websocket() {
 
 #[test]
 fn upgrade_without_the_websocket_token_gets_400() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     for value in ["h2c", "websockets", "web socket"] {
         let h = format!("Upgrade: {value}");
@@ -237,7 +237,7 @@ fn upgrade_without_the_websocket_token_gets_400() {
 
 #[test]
 fn connection_without_the_upgrade_token_gets_400() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     for value in ["keep-alive", "close", "upgraded"] {
         let h = format!("Connection: {value}");
@@ -258,7 +258,7 @@ fn connection_without_the_upgrade_token_gets_400() {
 
 #[test]
 fn missing_or_wrong_version_gets_426_with_version_13() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let resp = expect_refusal(
         addr,
@@ -285,7 +285,7 @@ fn missing_or_wrong_version_gets_426_with_version_13() {
 #[test]
 fn a_key_that_is_not_base64_of_16_bytes_gets_400() {
     use base64::Engine;
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
     let bad = [
@@ -340,7 +340,7 @@ fn request_of_size(addr: SocketAddr, key: &str, size: usize) -> Vec<u8> {
 
 #[test]
 fn a_head_over_the_default_8192_bytes_gets_431() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let addr = server.addr();
     expect_refusal(addr, &request_of_size(addr, KEY, 9000), 431);
     // A head that has already passed the limit is refused without waiting for its end.
@@ -357,7 +357,7 @@ fn a_head_over_the_default_8192_bytes_gets_431() {
 
 #[test]
 fn max_handshake_size_is_inclusive() {
-    let server = Server::start(&["--max-handshake-size", "1024"]);
+    let server = Gateway::demo(&["--max-handshake-size", "1024"]);
     let addr = server.addr();
     let key = random_key();
     let mut s = tcp_connect(addr);
@@ -372,7 +372,7 @@ fn max_handshake_size_is_inclusive() {
 
 #[test]
 fn a_client_that_does_not_finish_its_head_is_disconnected_after_the_handshake_timeout() {
-    let server = Server::start(&["--handshake-timeout", "1s"]);
+    let server = Gateway::demo(&["--handshake-timeout", "1s"]);
     let addr = server.addr();
     let raw = request("GET /ws HTTP/1.1", addr, &[], &[]);
     let mut s = tcp_connect(addr);
@@ -398,7 +398,7 @@ fn a_client_that_does_not_finish_its_head_is_disconnected_after_the_handshake_ti
         "disconnected ({how}) only after {waited:?}"
     );
     server.wait_stats("handshake_timeouts >= 1", Duration::from_secs(5), |s| {
-        counter_sum(s, "handshake_timeouts") >= 1
+        s.counter("handshake_timeouts") >= 1
     });
 
     // A connection that sends nothing at all is dropped too.
@@ -415,7 +415,7 @@ fn a_client_that_does_not_finish_its_head_is_disconnected_after_the_handshake_ti
 
 #[test]
 fn the_server_still_upgrades_after_every_kind_of_refusal() {
-    let server = Server::start(&["--handshake-timeout", "1s"]);
+    let server = Gateway::demo(&["--handshake-timeout", "1s"]);
     let addr = server.addr();
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (
@@ -471,13 +471,13 @@ fn the_server_still_upgrades_after_every_kind_of_refusal() {
     expect_end(&mut slow);
 
     let stats = server.wait_stats("every refusal counted", Duration::from_secs(5), |s| {
-        counter_sum(s, "handshake_rejected") >= cases.len() as u64
+        s.counter("handshake_rejected") >= cases.len() as u64
     });
-    assert_eq!(counter_sum(&stats, "upgraded"), 0, "{stats}");
-    assert!(counter_sum(&stats, "handshake_timeouts") >= 1, "{stats}");
-    assert_eq!(sessions_sum(&stats), 0, "{stats}");
+    assert_eq!(stats.counter("upgraded"), 0, "{stats}");
+    assert!(stats.counter("handshake_timeouts") >= 1, "{stats}");
+    assert_eq!(stats.sessions_total(), 0, "{stats}");
 
     check_still_upgrades(&server);
     let stats = server.stats();
-    assert_eq!(counter_sum(&stats, "upgraded"), 1, "{stats}");
+    assert_eq!(stats.counter("upgraded"), 1, "{stats}");
 }

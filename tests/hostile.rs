@@ -1,23 +1,23 @@
 //! Hostile input: each attack gets its documented outcome, and afterwards the server still serves new
 //! clients, holds no session, and is back to the file descriptors it had before.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 /// Open descriptors of the server process.
-fn fd_count(server: &Server) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+fn fd_count(server: &Gateway) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.proc.pid()))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+fn rss_kib(server: &Gateway) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.proc.pid())).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -26,9 +26,9 @@ fn rss_kib(server: &Server) -> u64 {
 }
 
 /// The server is back where it started: no session, its baseline descriptors, and a new client works.
-fn assert_recovered(server: &Server, baseline_fds: usize) {
+fn assert_recovered(server: &Gateway, baseline_fds: usize) {
     server.wait_stats("sessions to return to 0", Duration::from_secs(15), |v| {
-        sessions_sum(v) == 0
+        v.sessions_total() == 0
     });
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -43,9 +43,9 @@ fn assert_recovered(server: &Server, baseline_fds: usize) {
         // The kernel closing a descriptor sends no signal we can wait on: poll /proc with a deadline.
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut ws = server.ws_user("after-the-attack");
-    ws_echo(&mut ws, tungstenite::Message::text("still here"));
-    ws_close(ws);
+    let mut ws = server.client("after-the-attack");
+    ws.echo(tungstenite::Message::text("still here"));
+    ws.close();
 }
 
 /// Waits until the peer ends the connection; returns how long that took.
@@ -64,7 +64,7 @@ const PARTIAL_HEAD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\
 
 #[test]
 fn slowloris_is_cut_at_the_handshake_timeout_without_leaking() {
-    let server = Server::start(&["--workers", "2", "--handshake-timeout", "2s"]);
+    let server = Gateway::demo(&["--workers", "2", "--handshake-timeout", "2s"]);
     let baseline = fd_count(&server);
     let mut round_rss = Vec::new();
     for _round in 0..2 {
@@ -77,9 +77,9 @@ fn slowloris_is_cut_at_the_handshake_timeout_without_leaking() {
             })
             .collect();
         // Meanwhile a normal client is served at once.
-        let mut ws = server.ws_user("honest");
-        ws_echo(&mut ws, tungstenite::Message::binary(vec![1u8, 2, 3]));
-        ws_close(ws);
+        let mut ws = server.client("honest");
+        ws.echo(tungstenite::Message::binary(vec![1u8, 2, 3]));
+        ws.close();
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "honest client had to wait"
@@ -97,7 +97,7 @@ fn slowloris_is_cut_at_the_handshake_timeout_without_leaking() {
         round_rss.push(rss_kib(&server));
     }
     let stats = server.stats();
-    assert!(counter_sum(&stats, "handshake_timeouts") >= 4000, "{stats}");
+    assert!(stats.counter("handshake_timeouts") >= 4000, "{stats}");
     // Freed memory is reused: a second identical attack must not grow the process like the first.
     let growth = round_rss[1].saturating_sub(round_rss[0]);
     assert!(
@@ -108,7 +108,7 @@ fn slowloris_is_cut_at_the_handshake_timeout_without_leaking() {
 
 #[test]
 fn a_client_trickling_one_byte_at_a_time_is_cut_at_the_timeout() {
-    let server = Server::start(&["--handshake-timeout", "2s"]);
+    let server = Gateway::demo(&["--handshake-timeout", "2s"]);
     let baseline = fd_count(&server);
     let mut s = tcp_connect(server.addr());
     let started = Instant::now();
@@ -139,7 +139,7 @@ fn a_client_trickling_one_byte_at_a_time_is_cut_at_the_timeout() {
 
 #[test]
 fn malformed_heads_get_their_status_and_nothing_lingers() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let baseline = fd_count(&server);
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let base = format!(
@@ -177,7 +177,7 @@ fn malformed_heads_get_their_status_and_nothing_lingers() {
 
 #[test]
 fn garbage_pipelined_after_the_handshake_closes_with_1002() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let baseline = fd_count(&server);
     let mut req = upgrade_request(server.addr(), "/ws", &random_key(), &[]);
     req.extend_from_slice(b"\x81\x05hello this is not a masked frame");
@@ -190,7 +190,7 @@ fn garbage_pipelined_after_the_handshake_closes_with_1002() {
 
 #[test]
 fn frames_declaring_absurd_lengths_are_refused_from_the_header() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let baseline = fd_count(&server);
     for (len, code) in [
         (1u64 << 63, 1002),
@@ -209,7 +209,7 @@ fn frames_declaring_absurd_lengths_are_refused_from_the_header() {
 
 #[test]
 fn a_stream_of_empty_continuation_frames_costs_nothing() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let baseline = fd_count(&server);
     let rss_before = rss_kib(&server);
     let mut s = raw_upgrade(server.addr(), &[]);
@@ -236,7 +236,7 @@ fn a_stream_of_empty_continuation_frames_costs_nothing() {
 
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
-    let server = Server::start(&["--max-client-backlog", "65536"]);
+    let server = Gateway::demo(&["--max-client-backlog", "65536"]);
     let baseline = fd_count(&server);
     let rss_before = rss_kib(&server);
     let mut s = raw_upgrade(server.addr(), &[]);
@@ -251,9 +251,9 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
         }
     }
     let stats = server.wait_stats("the flooder to be closed", Duration::from_secs(15), |v| {
-        counter_sum(v, "backlog_closes") >= 1
+        v.counter("backlog_closes") >= 1
     });
-    assert!(counter_sum(&stats, "backlog_closes") >= 1);
+    assert!(stats.counter("backlog_closes") >= 1);
     let growth = rss_kib(&server).saturating_sub(rss_before);
     assert!(
         growth < 16 * 1024,
@@ -266,7 +266,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
 #[test]
 fn a_client_keeping_its_socket_full_does_not_starve_its_neighbour() {
     // One core, so the flooder and the neighbour share an event loop.
-    let server = Server::start(&["--workers", "1"]);
+    let server = Gateway::demo(&["--workers", "1"]);
     let baseline = fd_count(&server);
     let mut flooder = raw_upgrade(server.addr(), &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -310,24 +310,21 @@ fn a_client_keeping_its_socket_full_does_not_starve_its_neighbour() {
     full_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the flood never got going");
-    let mut neighbour = server.ws_user("neighbour");
+    let mut neighbour = server.client("neighbour");
     for i in 0..200 {
-        ws_echo(
-            &mut neighbour,
-            tungstenite::Message::text(format!("turn {i}")),
-        );
+        neighbour.echo(tungstenite::Message::text(format!("turn {i}")));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Err(why) = flood.join().unwrap() {
         panic!("{why}");
     }
-    ws_close(neighbour);
+    neighbour.close();
     assert_recovered(&server, baseline);
 }
 
 #[test]
 fn a_client_hanging_up_behind_a_long_burst_is_released() {
-    let server = Server::start(&["--workers", "1"]);
+    let server = Gateway::demo(&["--workers", "1"]);
     let baseline = fd_count(&server);
     let mut s = raw_upgrade(server.addr(), &[]);
     // Megabytes the server is still working through when the FIN arrives behind them: the end of
@@ -349,7 +346,7 @@ fn a_client_hanging_up_behind_a_long_burst_is_released() {
 
 /// Opens `n` connections one after the other, each asking for an upgrade, and keeps them all open.
 /// Every one must be answered at once: 101, or 503 when the server cannot take it.
-fn open_and_hold(server: &Server, n: usize) -> (Vec<TcpStream>, usize, usize) {
+fn open_and_hold(server: &Gateway, n: usize) -> (Vec<TcpStream>, usize, usize) {
     let mut clients = Vec::new();
     let (mut upgraded, mut refused) = (0, 0);
     for _ in 0..n {
@@ -370,7 +367,7 @@ fn open_and_hold(server: &Server, n: usize) -> (Vec<TcpStream>, usize, usize) {
 fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
     // 300 descriptors: the default cap leaves room for the runtime and splits the rest over the
     // 2 workers, so about 200 clients fit and the rest must be answered 503 at once, not hang.
-    let server = Server::start_with_nofile(&["--workers", "2"], 300);
+    let server = Launch::demo().args(&["--workers", "2"]).nofile(300).start();
     let baseline = fd_count(&server);
     let (clients, upgraded, refused) = open_and_hold(&server, 400);
     assert!(
@@ -378,6 +375,7 @@ fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
         "upgraded {upgraded}, refused {refused}"
     );
     let warnings = server
+        .proc
         .stderr_text()
         .lines()
         .filter(|l| l.contains("connection limit reached") || l.contains("out of resources"))
@@ -387,7 +385,7 @@ fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
         "expected one warning per worker per interval, got {warnings}"
     );
     let stats = server.stats();
-    assert!(counter_sum(&stats, "shed") >= refused as u64, "{stats}");
+    assert!(stats.counter("shed") >= refused as u64, "{stats}");
     drop(clients);
     assert_recovered(&server, baseline);
 }
@@ -395,21 +393,26 @@ fn a_client_opening_connections_up_to_the_fd_limit_is_shed_cleanly() {
 #[test]
 fn past_a_cap_set_above_the_fd_limit_the_reserve_descriptor_still_sheds() {
     // The operator set a cap the process cannot hold: accept(2) itself fails with EMFILE.
-    let server = Server::start_with_nofile(&["--workers", "1", "--max-connections", "100000"], 200);
+    let server = Launch::demo()
+        .args(&["--workers", "1", "--max-connections", "100000"])
+        .nofile(200)
+        .start();
     let baseline = fd_count(&server);
     let (clients, upgraded, refused) = open_and_hold(&server, 250);
     assert!(
         upgraded > 100 && refused > 0,
         "upgraded {upgraded}, refused {refused}"
     );
-    assert!(server.wait_for_stderr("out of resources", Duration::from_secs(5)));
+    server
+        .proc
+        .wait_stderr("out of resources", Duration::from_secs(5));
     drop(clients);
     assert_recovered(&server, baseline);
 }
 
 #[test]
 fn invalid_close_payloads_fail_with_their_code_and_nothing_lingers() {
-    let server = Server::start(&[]);
+    let server = Gateway::demo(&[]);
     let baseline = fd_count(&server);
     let cases: [(Vec<u8>, u16); 5] = [
         (vec![0x03], 1002),                       // one byte: no room for a code

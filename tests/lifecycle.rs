@@ -1,18 +1,18 @@
 //! A session's life after the handshake: heartbeat pings, the idle timeout, the close timeout,
 //! backpressure on clients that do not read, and graceful shutdown on SIGTERM/SIGINT.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 #[test]
 fn the_server_pings_every_ping_interval() {
-    let server = Server::start(&["--ping-interval", "1s", "--idle-timeout", "3s"]);
+    let server = Gateway::demo(&["--ping-interval", "1s", "--idle-timeout", "3s"]);
     let mut s = raw_upgrade(server.addr(), &[]);
     let upgraded = Instant::now();
     let mut times = Vec::new();
@@ -40,7 +40,7 @@ fn the_server_pings_every_ping_interval() {
 
 #[test]
 fn a_client_that_answers_pings_is_not_closed_for_idleness() {
-    let server = Server::start(&["--ping-interval", "1s", "--idle-timeout", "2s"]);
+    let server = Gateway::demo(&["--ping-interval", "1s", "--idle-timeout", "2s"]);
     let mut s = raw_upgrade(server.addr(), &[]);
     let started = Instant::now();
     let mut pings = 0;
@@ -59,12 +59,12 @@ fn a_client_that_answers_pings_is_not_closed_for_idleness() {
     assert!(pings >= 3, "only {pings} pings in {:?}", started.elapsed());
     send_frame(&mut s, true, 0, OP_TEXT, b"still here", true);
     assert_eq!(read_message(&mut s), (OP_TEXT, b"still here".to_vec()));
-    assert_eq!(counter_sum(&server.stats(), "idle_timeouts"), 0);
+    assert_eq!(server.stats().counter("idle_timeouts"), 0);
 }
 
 #[test]
 fn a_silent_client_gets_1001_and_is_reset_after_the_close_timeout() {
-    let server = Server::start(&[
+    let server = Gateway::demo(&[
         "--ping-interval",
         "1s",
         "--idle-timeout",
@@ -108,22 +108,22 @@ fn a_silent_client_gets_1001_and_is_reset_after_the_close_timeout() {
     let stats = server.wait_stats(
         "the close timeout to reset the client",
         Duration::from_secs(8),
-        |st| counter_sum(st, "close_timeouts") >= 1,
+        |st| st.counter("close_timeouts") >= 1,
     );
     let reset_after = closed_at.elapsed();
     assert!(
         reset_after >= Duration::from_secs(1),
         "reset {reset_after:?} after the close frame with --close-timeout 2s"
     );
-    assert_eq!(counter_sum(&stats, "idle_timeouts"), 1, "{stats}");
+    assert_eq!(stats.counter("idle_timeouts"), 1, "{stats}");
     server.wait_stats("the session released", Duration::from_secs(5), |st| {
-        sessions_sum(st) == 0
+        st.sessions_total() == 0
     });
 }
 
 #[test]
 fn an_idle_client_that_answers_the_close_is_released_without_a_close_timeout() {
-    let server = Server::start(&[
+    let server = Gateway::demo(&[
         "--ping-interval",
         "1s",
         "--idle-timeout",
@@ -139,37 +139,25 @@ fn an_idle_client_that_answers_the_close_is_released_without_a_close_timeout() {
     send_close(&mut s, 1001, b"");
     assert_eq!(expect_end(&mut s), End::Eof);
     let stats = server.wait_stats("the session released", Duration::from_secs(10), |st| {
-        sessions_sum(st) == 0
+        st.sessions_total() == 0
     });
     assert!(
         answered.elapsed() < Duration::from_secs(4),
         "released {:?} after the client's close, as if by the 5 s close timeout",
         answered.elapsed()
     );
-    assert_eq!(counter_sum(&stats, "idle_timeouts"), 1, "{stats}");
-    assert_eq!(counter_sum(&stats, "close_timeouts"), 0, "{stats}");
+    assert_eq!(stats.counter("idle_timeouts"), 1, "{stats}");
+    assert_eq!(stats.counter("close_timeouts"), 0, "{stats}");
 }
 
 /// A TCP connection with a small receive buffer, so that echoes pile up in the server quickly.
 fn small_window_upgrade(addr: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let key = random_key();
-    s.write_all(&upgrade_request(addr, "/ws", &key, &[]))
-        .unwrap();
-    let resp = read_http_head(&mut s);
-    assert_eq!(resp.status, 101, "{resp:?}");
-    s
+    upgrade(tcp_connect_with(addr, Some(4096), None), addr, "/ws", &[]).0
 }
 
 #[test]
 fn a_client_that_does_not_read_is_closed_with_1008() {
-    let server = Server::start(&["--max-client-backlog", "65536", "--close-timeout", "1s"]);
+    let server = Gateway::demo(&["--max-client-backlog", "65536", "--close-timeout", "1s"]);
     let mut s = small_window_upgrade(server.addr());
     // A healthy exchange first.
     send_frame(&mut s, true, 0, OP_BINARY, b"warm-up", true);
@@ -189,9 +177,9 @@ fn a_client_that_does_not_read_is_closed_with_1008() {
         sent
     });
     let stats = server.wait_stats("backlog_closes >= 1", Duration::from_secs(30), |st| {
-        counter_sum(st, "backlog_closes") >= 1
+        st.counter("backlog_closes") >= 1
     });
-    assert_eq!(counter_sum(&stats, "backlog_closes"), 1, "{stats}");
+    assert_eq!(stats.counter("backlog_closes"), 1, "{stats}");
 
     // The connection ends. Whatever echoes were already on their way may arrive first; if the close
     // frame gets through, it carries 1008.
@@ -203,13 +191,7 @@ fn a_client_that_does_not_read_is_closed_with_1008() {
             Ok(f) if f.opcode == OP_CLOSE => {
                 close_code = f.close_code();
                 assert_eq!(close_code, Some(1008), "{f:?}");
-                let _ = s.write_all(&frame_bytes(
-                    true,
-                    0,
-                    OP_CLOSE,
-                    &close_payload(1008, b""),
-                    true,
-                ));
+                answer_close(&mut s, 1008);
                 drain_to_end(&mut s);
                 break;
             }
@@ -225,16 +207,16 @@ fn a_client_that_does_not_read_is_closed_with_1008() {
     let sent = sender.join().unwrap();
     eprintln!("sent {sent} messages; close frame seen: {close_code:?}");
     server.wait_stats("the session released", Duration::from_secs(10), |st| {
-        sessions_sum(st) == 0
+        st.sessions_total() == 0
     });
 
     // Other clients are unaffected.
-    let mut ws = server.ws();
-    ws_echo(&mut ws, tungstenite::Message::Binary(binary_of_len(1000)));
+    let mut ws = server.anonymous_client();
+    ws.echo(tungstenite::Message::Binary(binary_of_len(1000)));
 }
 
 /// Opens a session that has echoed one message.
-fn open_session(server: &Server, i: usize) -> TcpStream {
+fn open_session(server: &Gateway, i: usize) -> TcpStream {
     let mut s = if i % 2 == 0 {
         raw_upgrade_path(server.addr(), &format!("/ws?user=shutdown{i}"), &[]).0
     } else {
@@ -248,15 +230,15 @@ fn open_session(server: &Server, i: usize) -> TcpStream {
 
 #[test]
 fn sigterm_closes_every_session_with_1001_and_exits_0() {
-    let mut server = Server::start(&["--workers", "2", "--shutdown-timeout", "10s"]);
+    let mut server = Gateway::demo(&["--workers", "2", "--shutdown-timeout", "10s"]);
     let addr = server.addr();
     let mut clients: Vec<TcpStream> = (0..5).map(|i| open_session(&server, i)).collect();
     server.wait_stats("5 sessions", Duration::from_secs(5), |st| {
-        sessions_sum(st) == 5
+        st.sessions_total() == 5
     });
 
     let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
+    server.proc.signal(libc::SIGTERM);
     for c in clients.iter_mut() {
         expect_close(c, 1001);
     }
@@ -273,7 +255,7 @@ fn sigterm_closes_every_session_with_1001_and_exits_0() {
         send_close(c, 1001, b"");
         assert_eq!(expect_end(c), End::Eof);
     }
-    let status = server.wait_exit(Duration::from_secs(15));
+    let status = server.proc.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(status.code(), Some(0));
     assert!(
@@ -297,15 +279,15 @@ fn sigterm_closes_every_session_with_1001_and_exits_0() {
 
 #[test]
 fn sigint_exits_0_after_the_shutdown_timeout_when_clients_do_not_answer() {
-    let mut server = Server::start(&["--shutdown-timeout", "2s", "--close-timeout", "1s"]);
+    let mut server = Gateway::demo(&["--shutdown-timeout", "2s", "--close-timeout", "1s"]);
     let mut clients: Vec<TcpStream> = (0..3).map(|i| open_session(&server, i)).collect();
     let signalled = Instant::now();
-    server.signal(libc::SIGINT);
+    server.proc.signal(libc::SIGINT);
     for c in clients.iter_mut() {
         expect_close(c, 1001);
     }
     // Nobody answers.
-    let status = server.wait_exit(Duration::from_secs(15));
+    let status = server.proc.wait_exit(Duration::from_secs(15));
     let took = signalled.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(status.code(), Some(0));
@@ -321,31 +303,26 @@ fn sigint_exits_0_after_the_shutdown_timeout_when_clients_do_not_answer() {
 #[test]
 fn an_idle_server_exits_0_on_sigterm_and_on_sigint() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let mut server = Server::start(&[]);
+        let mut server = Gateway::demo(&[]);
         // Serve one client first, closed before the signal.
-        let mut ws = server.ws();
-        ws_echo(&mut ws, tungstenite::Message::Text("x".into()));
-        ws_close(ws);
-        let status = server.stop(sig);
+        let mut ws = server.anonymous_client();
+        ws.echo(tungstenite::Message::Text("x".into()));
+        ws.close();
+        let status = server.proc.stop(sig);
         assert_eq!(status.code(), Some(0), "signal {sig}: {status:?}");
     }
 }
 
 #[test]
 fn sigterm_on_the_epoll_driver_closes_every_session_with_1001_and_exits_0() {
-    let mut server = Server::start_with_env(&["--workers", "2"], &[("RINGGATE_FORCE_EPOLL", "1")]);
-    assert!(
-        server.wait_for_stderr(EPOLL_LOG_LINE, Duration::from_secs(10)),
-        "not on the epoll driver:\n{}",
-        server.stderr_text()
-    );
+    let mut server = Gateway::demo_on_epoll(&["--workers", "2"]);
     let mut clients: Vec<TcpStream> = (0..4).map(|i| open_session(&server, i)).collect();
-    server.signal(libc::SIGTERM);
+    server.proc.signal(libc::SIGTERM);
     for c in clients.iter_mut() {
         expect_close(c, 1001);
         send_close(c, 1001, b"");
         assert_eq!(expect_end(c), End::Eof);
     }
-    let status = server.wait_exit(Duration::from_secs(15));
+    let status = server.proc.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{status:?}");
 }

@@ -1,24 +1,24 @@
 //! Sessions live on the core that owns their user (`ringgate::shard::owner_core`), whichever core
 //! accepted the connection; a connection without a user stays where it was accepted.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use ringgate::shard::owner_core;
 use serde_json::Value;
+use support::*;
 use tungstenite::Message;
 
 const USERS: usize = 200;
 const WORKERS: usize = 2;
 
 /// user → (core, session id) from a `/sessions` body; fails on a user listed twice.
-fn placement(sessions: &Value) -> (HashMap<String, (usize, u64)>, usize) {
+fn placement(sessions: &Stats) -> (HashMap<String, (usize, u64)>, usize) {
     let mut users = HashMap::new();
     let mut anonymous = 0;
-    for core in sessions.as_array().unwrap() {
+    for core in sessions.cores() {
         let index = core["core"].as_u64().unwrap() as usize;
         let list = core["users"]
             .as_array()
@@ -51,14 +51,13 @@ fn placement(sessions: &Value) -> (HashMap<String, (usize, u64)>, usize) {
 
 #[test]
 fn every_user_lives_on_its_owner_core() {
-    let server = Server::start(&["--workers", "2"]);
+    let server = Gateway::demo(&["--workers", "2"]);
     assert_eq!(server.workers(), WORKERS);
-    let addr = server.addr();
     let names: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
-    let mut conns: Vec<Ws> = names.iter().map(|u| server.ws_user(u)).collect();
+    let mut conns: Vec<Client> = names.iter().map(|u| server.client(u)).collect();
     // Every session works, wherever it was accepted.
     for (ws, u) in conns.iter_mut().zip(&names) {
-        ws_echo(ws, Message::Text(format!("I am {u}")));
+        ws.echo(Message::Text(format!("I am {u}")));
     }
 
     let sessions = server.sessions();
@@ -85,7 +84,7 @@ fn every_user_lives_on_its_owner_core() {
     assert_eq!(ids.len(), USERS, "session ids are not unique: {sessions}");
 
     let stats = server.stats();
-    for core in stats.as_array().unwrap() {
+    for core in stats.cores() {
         let i = core["core"].as_u64().unwrap() as usize;
         assert_eq!(
             core["sessions"].as_u64().unwrap() as usize,
@@ -93,53 +92,53 @@ fn every_user_lives_on_its_owner_core() {
             "{stats}"
         );
     }
-    let handed = counter_sum(&stats, "handed_off");
-    let received = counter_sum(&stats, "received_from_other_core");
+    let handed = stats.counter("handed_off");
+    let received = stats.counter("received_from_other_core");
     assert!(
         handed > 0,
         "no connection was handed to its owner core: {stats}"
     );
     assert_eq!(handed, received, "handed off vs received: {stats}");
     assert!(handed <= USERS as u64, "{stats}");
-    assert_eq!(counter_sum(&stats, "upgraded"), USERS as u64, "{stats}");
+    assert_eq!(stats.counter("upgraded"), USERS as u64, "{stats}");
 
     // A client without a user is served too, and listed without one.
-    let mut anon = ws_connect(addr, &server.url());
-    ws_echo(&mut anon, Message::Binary(vec![1, 2, 3]));
+    let mut anon = server.anonymous_client();
+    anon.echo(Message::Binary(vec![1, 2, 3]));
     let sessions = server.sessions();
     let (users, anonymous) = placement(&sessions);
     assert_eq!((users.len(), anonymous), (USERS, 1), "{sessions}");
     let stats = server.stats();
     assert_eq!(
-        counter_sum(&stats, "handed_off"),
+        stats.counter("handed_off"),
         handed,
         "an anonymous client was handed off: {stats}"
     );
 
     // The held connections still work after all that.
     for (ws, u) in conns.iter_mut().zip(&names) {
-        ws_echo(ws, Message::Binary(u.clone().into_bytes()));
+        ws.echo(Message::Binary(u.clone().into_bytes()));
     }
     for ws in conns {
-        ws_close(ws);
+        ws.close();
     }
-    ws_close(anon);
+    anon.close();
     server.wait_stats("sessions released", Duration::from_secs(10), |s| {
-        sessions_sum(s) == 0
+        s.sessions_total() == 0
     });
 }
 
 #[test]
 fn the_user_parameter_is_found_among_other_query_parameters() {
-    let server = Server::start(&["--workers", "2"]);
+    let server = Gateway::demo(&["--workers", "2"]);
     let addr = server.addr();
     let names: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
-    let mut conns: Vec<Ws> = names
+    let mut conns: Vec<Client> = names
         .iter()
-        .map(|u| ws_connect(addr, &format!("{}?room=7&user={u}&v=2", server.url())))
+        .map(|u| Client::connect(addr, &format!("{}?room=7&user={u}&v=2", server.url()), u))
         .collect();
     for ws in conns.iter_mut() {
-        ws_echo(ws, Message::Text("x".into()));
+        ws.echo(Message::Text("x".into()));
     }
     let sessions = server.sessions();
     let (users, _) = placement(&sessions);

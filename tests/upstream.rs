@@ -4,7 +4,7 @@
 //! Routing, link failure (SIGKILL: 1011) and restart (SIGTERM: GOAWAY 1012), 503 without an
 //! upstream, REFUSE and CLOSE from the game server, and both directions of backpressure.
 
-mod upstream_support;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -14,11 +14,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::*;
 use tungstenite::Message;
-use upstream_support::*;
 
-/// How long one phase of a many-client test may take before the test gives up.
-const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A lost link closes its sessions within this (docs/protocol.md, "Going away").
 const LOSS_BOUND: Duration = Duration::from_secs(1);
 
@@ -39,18 +37,6 @@ fn numbered(id: usize, m: usize) -> Message {
     }
 }
 
-/// Collects one report per thread, failing with a clear message if some thread never reports
-/// (its panic is printed above).
-fn wait_reports<T>(rx: &mpsc::Receiver<T>, n: usize, phase: &str) -> Vec<T> {
-    (0..n)
-        .map(|i| {
-            rx.recv_timeout(PHASE_TIMEOUT).unwrap_or_else(|e| {
-                panic!("phase {phase}: only {i} of {n} threads reported ({e:?}); see their panics above")
-            })
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1
 
@@ -64,66 +50,51 @@ fn thousand_sessions_two_workers_two_upstreams() {
     let a = EchoUpstream::start();
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     gw.wait_links_up(&names);
 
-    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
-    let mut go = Vec::new();
-    let mut handles = Vec::new();
-    for t in 0..THREADS {
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        go.push(go_tx);
-        let ready = ready_tx.clone();
-        let addr = gw.addr();
-        let urls: Vec<(usize, String)> = (0..PER_THREAD)
+    let addr = gw.addr();
+    let url = gw.url();
+    let phases = Phases::spawn(THREADS, move |t, step| {
+        // Phase 1: every connection open at once.
+        let mut conns: Vec<(usize, Client)> = (0..PER_THREAD)
             .map(|i| {
                 let id = t * PER_THREAD + i;
-                (id, gw.url(&format!("u{id}")))
+                let user = format!("u{id}");
+                (
+                    id,
+                    Client::connect(addr, &format!("{url}?user={user}"), &user),
+                )
             })
             .collect();
-        handles.push(thread::spawn(move || {
-            let wait_go = || {
-                go_rx
-                    .recv_timeout(PHASE_TIMEOUT)
-                    .expect("main thread gave up")
-            };
-            // Phase 1: every connection open at once.
-            let mut conns: Vec<(usize, Client)> = urls
-                .iter()
-                .map(|(id, url)| (*id, Client::connect(addr, url, &format!("u{id}"))))
-                .collect();
-            ready.send(t).unwrap();
-            wait_go();
-            // Phase 2: each client sends all its messages, then reads the echoes in order.
-            for (id, c) in &mut conns {
-                for m in 0..MESSAGES {
-                    c.send(numbered(*id, m));
-                }
+        step.next();
+        // Phase 2: each client sends all its messages, then reads the echoes in order.
+        for (id, c) in &mut conns {
+            for m in 0..MESSAGES {
+                c.send(numbered(*id, m));
             }
-            for (id, c) in &mut conns {
-                for m in 0..MESSAGES {
-                    let want = numbered(*id, m);
-                    let got = c.read_data();
-                    assert!(
-                        got == want,
-                        "u{id}: echo {m} differs (order or content): want {}, got {}",
-                        describe(&want),
-                        describe(&got)
-                    );
-                }
+        }
+        for (id, c) in &mut conns {
+            for m in 0..MESSAGES {
+                let want = numbered(*id, m);
+                let got = c.read_data();
+                assert!(
+                    got == want,
+                    "u{id}: echo {m} differs (order or content): want {}, got {}",
+                    describe(&want),
+                    describe(&got)
+                );
             }
-            ready.send(t).unwrap();
-            wait_go();
-            // Phase 3: every client closes.
-            for (_, c) in conns {
-                c.close();
-            }
-            ready.send(t).unwrap();
-        }));
-    }
-    drop(ready_tx);
+        }
+        step.next();
+        // Phase 3: every client closes.
+        for (_, c) in conns {
+            c.close();
+        }
+        step.done();
+    });
 
-    wait_reports(&ready_rx, THREADS, "connect");
+    phases.wait("connect");
     let s = gw.stats();
     assert_eq!(
         s.sessions_total(),
@@ -148,13 +119,10 @@ fn thousand_sessions_two_workers_two_upstreams() {
         );
     }
 
-    go.iter().for_each(|g| g.send(()).unwrap());
-    wait_reports(&ready_rx, THREADS, "exchange");
-    go.iter().for_each(|g| g.send(()).unwrap());
-    wait_reports(&ready_rx, THREADS, "close");
-    for h in handles {
-        h.join().expect("client thread panicked");
-    }
+    phases.go();
+    phases.wait("exchange");
+    phases.go();
+    phases.finish("close");
 
     let s = gw.wait_idle(Duration::from_secs(10));
     assert!(
@@ -254,7 +222,7 @@ fn upstream_killed_mid_traffic() {
     let mut a = EchoUpstream::start();
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     gw.wait_links_up(&names);
 
     // Connect one at a time, learning where each session lives.
@@ -321,7 +289,7 @@ fn upstream_killed_mid_traffic() {
                 outcomes.len(),
                 progressed.len(),
                 CLIENTS - n_a,
-                gw.stderr_text()
+                gw.proc.stderr_text()
             ),
         }
     }
@@ -422,7 +390,7 @@ fn upstream_restarted() {
     let mut a = EchoUpstream::start();
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     let s = gw.wait_links_up(&names);
     let up_before = times_up(&s, &names[0]);
     assert!(up_before.iter().all(|&n| n >= 1), "{s}");
@@ -494,7 +462,7 @@ fn upstream_goaway_closes_with_1012_and_returns() {
     let mut a = EchoUpstream::start();
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     let s = gw.wait_links_up(&names);
     let up_before = times_up(&s, &names[0]);
 
@@ -571,7 +539,7 @@ fn upstream_goaway_closes_with_1012_and_returns() {
 fn no_upstream_gives_503() {
     let (_reserved, port) = reserve_closed_port();
     let names = vec![port.to_string()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     // The proxy is trying (and failing) to reach it on every core.
     gw.wait_stats("connect failures on every core", LINK_TIMEOUT, |s| {
         (0..2).all(|c| s.link_u64(c, &names[0], "connect_failures") >= 1)
@@ -580,7 +548,8 @@ fn no_upstream_gives_503() {
     // Several users, so both cores are asked.
     for i in 0..8 {
         let user = format!("nobody{i}");
-        let (head, mut s, _) = raw_handshake(tcp_connect(gw.addr()), gw.addr(), &gw.target(&user));
+        let mut s = tcp_connect(gw.addr());
+        let (head, _) = raw_handshake(&mut s, gw.addr(), &gw.target(&user), &[]);
         assert_eq!(
             head.status, 503,
             "{user}: expected 503 without an upstream, got {head:?}"
@@ -635,21 +604,20 @@ fn client_on_core(gw: &Gateway, prefix: &str, core: usize) -> Client {
 fn upstream_refuses_session() {
     let up = EchoUpstream::start();
     let names = vec![up.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     let s0 = gw.wait_links_up(&names);
 
     // Upgraded (101), then closed with the game server's REFUSE code and reason. A message sent
     // right after the upgrade is not echoed: the server ignores data of a refused session.
-    let mut s = raw_upgrade(gw.addr(), &gw.target("refuse-me"), None, None);
-    s.write_all(&client_frame(OP_TEXT, b"hello?")).unwrap();
-    let f = read_frame(&mut s).expect("reading the refusal");
+    let (mut s, _) = raw_upgrade_path(gw.addr(), &gw.target("refuse-me"), &[]);
+    send_frame(&mut s, true, 0, OP_TEXT, b"hello?", true);
+    let f = read_frame(&mut s);
     assert_eq!(
         f.close(),
         Some((4003, "refused".to_string())),
         "refused session got {f:?}"
     );
-    s.write_all(&client_frame(OP_CLOSE, &close_payload(4003, "")))
-        .unwrap();
+    send_close(&mut s, 4003, b"");
     let mut rest = Vec::new();
     match s.read_to_end(&mut rest) {
         Ok(_) => assert!(rest.is_empty(), "bytes after the close: {rest:?}"),
@@ -693,7 +661,7 @@ fn upstream_refuses_session() {
 fn server_kicks_session() {
     let up = EchoUpstream::start();
     let names = vec![up.name()];
-    let gw = Gateway::start(&names, &[]);
+    let gw = Gateway::run(&names, &[]);
     let s0 = gw.wait_links_up(&names);
 
     let (mut victim, p) = gw.locate("victim");
@@ -756,7 +724,7 @@ fn client_stops_reading() {
     let a = EchoUpstream::start();
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
-    let gw = Gateway::start(
+    let gw = Gateway::run(
         &names,
         &["--max-client-backlog", "65536", "--close-timeout", "2s"],
     );
@@ -774,13 +742,14 @@ fn client_stops_reading() {
         .collect();
 
     // The flooder: a small receive buffer, so that its echoes pile up in the proxy quickly.
-    let mut s = raw_upgrade(gw.addr(), &gw.target("flooder"), Some(16 * 1024), None);
+    let small_window = tcp_connect_with(gw.addr(), Some(16 * 1024), None);
+    let (mut s, _) = upgrade(small_window, gw.addr(), &gw.target("flooder"), &[]);
     let mut payload = vec![0u8; SIZE];
     for (i, b) in payload.iter_mut().enumerate() {
         *b = (i * 31 % 251) as u8;
     }
     // One masked frame sent again and again (masking 64 MiB in a debug build would dominate).
-    let frame = client_frame(OP_BINARY, &payload);
+    let frame = frame_bytes(true, 0, OP_BINARY, &payload, true);
     let mut written = 0usize;
     let mut write_error = None;
     for _ in 0..MESSAGES {
@@ -803,7 +772,7 @@ fn client_stops_reading() {
     // Now read: echoes that made it, then the close 1008 (or a reset, if the close deadline passed).
     let mut echoes = 0usize;
     let end = loop {
-        match read_frame(&mut s) {
+        match try_read_frame(&mut s) {
             Ok(f) if f.opcode == OP_BINARY => {
                 assert_eq!(f.payload.len(), SIZE, "echo {echoes} has the wrong size");
                 assert!(f.payload == payload, "echo {echoes} differs");
@@ -812,7 +781,7 @@ fn client_stops_reading() {
             Ok(f) if f.opcode == OP_PING => {}
             Ok(f) if f.opcode == OP_CLOSE => break Ok(f.close()),
             Ok(f) => panic!(
-                "unexpected frame {:?} (opcode {:#x})",
+                "unexpected frame {:?} ({:?})",
                 &f.payload[..f.payload.len().min(16)],
                 f.opcode
             ),
@@ -890,7 +859,7 @@ fn server_stops_reading() {
     let b = EchoUpstream::start();
     let names = vec![a.name(), b.name()];
     let toml = format!("link_backlog = {LINK_BACKLOG}\n{FAST_RECONNECT}");
-    let gw = Gateway::start_with_config(&names, &[], &toml);
+    let gw = Gateway::run_with_config(&names, &[], &toml);
     gw.wait_links_up(&names);
 
     // The staller decides which link stalls: (its core, its upstream).
@@ -940,7 +909,10 @@ fn server_stops_reading() {
 
     let mut pressure: Vec<TcpStream> = pressure_users
         .iter()
-        .map(|u| raw_upgrade(gw.addr(), &gw.target(u), None, Some(32 * 1024)))
+        .map(|u| {
+            let small_buffer = tcp_connect_with(gw.addr(), None, Some(32 * 1024));
+            upgrade(small_buffer, gw.addr(), &gw.target(u), &[]).0
+        })
         .collect();
     let s = gw.stats();
     assert_eq!(
@@ -953,7 +925,7 @@ fn server_stops_reading() {
     staller.send(Message::Text("stall".into()));
 
     // Each pressure client sends 16 KiB messages from a nonblocking socket until it cannot.
-    let frame = client_frame(OP_BINARY, &vec![0x5a; MSG]);
+    let frame = frame_bytes(true, 0, OP_BINARY, &vec![0x5a; MSG], true);
     let mut sent = vec![0usize; pressure.len()];
     for (i, p) in pressure.iter_mut().enumerate() {
         p.set_nonblocking(true).unwrap();

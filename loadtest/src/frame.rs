@@ -1,19 +1,24 @@
 //! The client side of RFC 6455 framing: masked frames written straight into a connection's send
 //! buffer (masking with ringgate's word-wide `apply_mask`), and a parser for the unmasked frames a
 //! server sends. ringgate's own `Decoder` is server-side (it requires masked frames), hence this.
+//! The opcodes are ringgate's [`OpCode`].
 
-pub const OP_CONT: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+pub use ringgate::ws::OpCode;
+
+/// The opcode of a data message: text or binary.
+pub fn data_opcode(text: bool) -> OpCode {
+    if text {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    }
+}
 
 /// Appends the header of a final, masked client frame of `len` payload bytes to `out` and returns
 /// the offset where the payload must go. The caller appends the payload and then calls
 /// [`mask_from`] with that offset.
-pub fn begin_client_frame(out: &mut Vec<u8>, opcode: u8, len: usize, mask: [u8; 4]) -> usize {
-    out.push(0x80 | (opcode & 0x0F));
+pub fn begin_client_frame(out: &mut Vec<u8>, opcode: OpCode, len: usize, mask: [u8; 4]) -> usize {
+    out.push(0x80 | opcode.as_u8());
     if len <= 125 {
         out.push(0x80 | len as u8);
     } else if let Ok(short) = u16::try_from(len) {
@@ -33,7 +38,7 @@ pub fn mask_from(out: &mut [u8], start: usize, mask: [u8; 4]) {
 }
 
 /// Appends a whole final, masked client frame.
-pub fn write_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+pub fn write_client_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
     let start = begin_client_frame(out, opcode, payload.len(), mask);
     out.extend_from_slice(payload);
     mask_from(out, start, mask);
@@ -43,7 +48,7 @@ pub fn write_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
-    pub opcode: u8,
+    pub opcode: OpCode,
     pub header_len: usize,
     pub payload_len: usize,
 }
@@ -92,12 +97,8 @@ pub fn parse_server_frame(buf: &[u8], max_payload: usize) -> Result<Option<Frame
         return Err(FrameError::Reserved);
     }
     let fin = b0 & 0x80 != 0;
-    let opcode = b0 & 0x0F;
-    let control = match opcode {
-        OP_CONT | OP_TEXT | OP_BINARY => false,
-        OP_CLOSE | OP_PING | OP_PONG => true,
-        other => return Err(FrameError::UnknownOpcode(other)),
-    };
+    let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(FrameError::UnknownOpcode(b0 & 0x0F))?;
+    let control = opcode.is_control();
     let (header_len, len) = match b1 & 0x7F {
         126 => {
             if buf.len() < 4 {
@@ -143,8 +144,9 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
             let mask = [0x37, 0xfa, 0x21, 0x3d];
             let mut ours = Vec::new();
-            write_client_frame(&mut ours, OP_BINARY, &payload, mask);
-            let theirs = ringgate::ws::encode_client_frame(true, 0, OP_BINARY, mask, &payload);
+            write_client_frame(&mut ours, OpCode::Binary, &payload, mask);
+            let theirs =
+                ringgate::ws::encode_client_frame(true, 0, OpCode::Binary.as_u8(), mask, &payload);
             assert_eq!(ours, theirs, "len {len}");
         }
     }
@@ -152,7 +154,7 @@ mod tests {
     #[test]
     fn client_frames_decode_in_ringgate() {
         let mut buf = Vec::new();
-        write_client_frame(&mut buf, OP_TEXT, b"Hello", [1, 2, 3, 4]);
+        write_client_frame(&mut buf, OpCode::Text, b"Hello", [1, 2, 3, 4]);
         let mut bytes = bytes::BytesMut::from(&buf[..]);
         let mut dec = ringgate::ws::Decoder::new();
         let msg = dec.decode(&mut bytes, 1 << 20).unwrap();
@@ -174,7 +176,7 @@ mod tests {
             f,
             Frame {
                 fin: true,
-                opcode: OP_TEXT,
+                opcode: OpCode::Text,
                 header_len: 2,
                 payload_len: 5
             }
@@ -187,12 +189,12 @@ mod tests {
         let f = parse_server_frame(&[0x80, 0x02, b'l', b'o'], 100)
             .unwrap()
             .unwrap();
-        assert_eq!((f.fin, f.opcode), (true, OP_CONT));
+        assert_eq!((f.fin, f.opcode), (true, OpCode::Continuation));
         // Unmasked ping.
         let f = parse_server_frame(&[0x89, 0x05, b'H', b'e', b'l', b'l', b'o'], 100)
             .unwrap()
             .unwrap();
-        assert_eq!(f.opcode, OP_PING);
+        assert_eq!(f.opcode, OpCode::Ping);
         // 256 bytes and 64 KiB binary.
         let mut b = vec![0x82, 0x7E, 0x01, 0x00];
         b.resize(4 + 256, 0);

@@ -541,13 +541,13 @@ fn warm_connection(
         // A ping answered means the target's session exists and has read from its socket, so the
         // memory baseline read next includes what one established connection costs it.
         let mut ping = Vec::new();
-        frame::write_client_frame(&mut ping, frame::OP_PING, b"warm", [1, 2, 3, 4]);
+        frame::write_client_frame(&mut ping, frame::OpCode::Ping, b"warm", [1, 2, 3, 4]);
         s.write_all(&ping)?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 512];
         loop {
             match frame::parse_server_frame(&buf, 1 << 20) {
-                Ok(Some(f)) if f.opcode == frame::OP_PONG => return Ok(s),
+                Ok(Some(f)) if f.opcode == frame::OpCode::Pong => return Ok(s),
                 Ok(Some(f)) => {
                     buf.drain(..f.total_len());
                     continue;

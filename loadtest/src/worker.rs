@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use crate::control::{Cmd, Event, Input};
-use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::frame::{self, OpCode};
 use crate::net::{self, Epoll, IoResult, EV_ERR, EV_HUP, EV_IN, EV_OUT, EV_RDHUP};
 use crate::payload::Pattern;
 use crate::stats::Snapshot;
@@ -127,7 +127,8 @@ struct Conn {
     /// Echo bytes that did not arrive as whole messages (TCP bridges), checked as a stream.
     stream: Vec<u8>,
     frag: Vec<u8>,
-    frag_op: u8,
+    /// The opcode of the fragmented message being reassembled, if any.
+    frag_op: Option<OpCode>,
     sending: bool,
     close_sent: bool,
     close_recv: bool,
@@ -152,7 +153,7 @@ impl Conn {
             recv_seq: 0,
             stream: Vec::new(),
             frag: Vec::new(),
-            frag_op: 0,
+            frag_op: None,
             sending: false,
             close_sent: false,
             close_recv: false,
@@ -737,20 +738,21 @@ impl Worker {
     }
 
     /// Handles one frame; returns false if the connection ended.
-    fn on_frame(&mut self, s: usize, fin: bool, op: u8, payload: &[u8], now: u64) -> bool {
+    fn on_frame(&mut self, s: usize, fin: bool, op: OpCode, payload: &[u8], now: u64) -> bool {
         let c = &mut self.slots[s];
         match op {
-            OP_TEXT | OP_BINARY if fin && c.frag_op == 0 => self.on_message(s, op, payload, now),
-            OP_TEXT | OP_BINARY if c.frag_op == 0 => {
-                c.frag_op = op;
+            OpCode::Text | OpCode::Binary if fin && c.frag_op.is_none() => {
+                self.on_message(s, op, payload, now)
+            }
+            OpCode::Text | OpCode::Binary if c.frag_op.is_none() => {
+                c.frag_op = Some(op);
                 c.frag.extend_from_slice(payload);
             }
-            OP_CONT if c.frag_op != 0 => {
+            OpCode::Continuation if c.frag_op.is_some() => {
                 c.frag.extend_from_slice(payload);
                 if fin {
-                    let op = c.frag_op;
+                    let op = c.frag_op.take().unwrap();
                     let msg = std::mem::take(&mut c.frag);
-                    c.frag_op = 0;
                     self.on_message(s, op, &msg, now);
                     let c = &mut self.slots[s];
                     if c.frag.is_empty() && msg.capacity() <= 64 * 1024 {
@@ -759,21 +761,21 @@ impl Worker {
                     }
                 }
             }
-            OP_PING => {
+            OpCode::Ping => {
                 if !c.close_sent {
                     let mask = self.next_rand().to_le_bytes();
                     let c = &mut self.slots[s];
                     frame::write_client_frame(
                         &mut c.wbuf,
-                        OP_PONG,
+                        OpCode::Pong,
                         payload,
                         [mask[0], mask[1], mask[2], mask[3]],
                     );
                     self.mark_dirty(s);
                 }
             }
-            OP_PONG => {}
-            OP_CLOSE => {
+            OpCode::Pong => {}
+            OpCode::Close => {
                 let code = if payload.len() >= 2 {
                     u16::from_be_bytes([payload[0], payload[1]])
                 } else {
@@ -803,14 +805,14 @@ impl Worker {
         true
     }
 
-    fn on_message(&mut self, s: usize, op: u8, payload: &[u8], now: u64) {
+    fn on_message(&mut self, s: usize, op: OpCode, payload: &[u8], now: u64) {
         let counters = &mut self.snap.counters;
         if !self.plan.mode.sends() {
             counters.errors.mismatch += 1;
             return;
         }
         counters.bytes_recv += payload.len() as u64;
-        let want_op = if self.plan.text { OP_TEXT } else { OP_BINARY };
+        let want_op = frame::data_opcode(self.plan.text);
         if op != want_op {
             counters.errors.mismatch += 1;
         }
@@ -877,7 +879,7 @@ impl Worker {
     fn send_message(&mut self, s: usize, ts: u64) {
         let mask = self.next_rand().to_le_bytes();
         let mask = [mask[0], mask[1], mask[2], mask[3]];
-        let op = if self.plan.text { OP_TEXT } else { OP_BINARY };
+        let op = frame::data_opcode(self.plan.text);
         let size = self.pattern.size();
         let c = &mut self.slots[s];
         let start = frame::begin_client_frame(&mut c.wbuf, op, size, mask);
@@ -895,7 +897,7 @@ impl Worker {
         let payload = code.map(|c| c.to_be_bytes());
         frame::write_client_frame(
             &mut c.wbuf,
-            OP_CLOSE,
+            OpCode::Close,
             payload.as_ref().map_or(&[][..], |p| &p[..]),
             [mask[0], mask[1], mask[2], mask[3]],
         );
@@ -1081,7 +1083,7 @@ impl Worker {
         c.inflight.clear();
         c.stream.clear();
         c.frag.clear();
-        c.frag_op = 0;
+        c.frag_op = None;
         c.sending = false;
         c.st = St::Idle;
         self.after_end(s, end, now);
