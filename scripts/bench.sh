@@ -24,47 +24,28 @@ mkdir -p "$OUT"
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(ringgate nginx gogw)
 
+TAG=bench
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 echo "bench: building (release)"
 cargo build --release --quiet -p ringgate -p ringgate-load
-RG=$root/target/release/ringgate
-LOAD=$root/target/release/ringgate-load
+RG=$(release_dir "$root")/ringgate
+LOAD=$(release_dir "$root")/ringgate-load
 if printf '%s\n' "${TARGETS[@]}" | grep -qv '^ringgate$'; then
   [ -x "$PEERS_DIR/setup.sh" ] || { echo "bench: no peers at $PEERS_DIR" >&2; exit 2; }
   echo "bench: setting up the peers (idempotent)"
   "$PEERS_DIR/setup.sh" >"$OUT/peers-setup.log" 2>&1
 fi
 
-RG_PIDS=()
 cleanup() {
-  for p in "${RG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -x "$PEERS_DIR/stop.sh" ] && "$PEERS_DIR/stop.sh" all >/dev/null 2>&1 || true
+  kill_ringgate
+  if [ -x "$PEERS_DIR/stop.sh" ]; then "$PEERS_DIR/stop.sh" all >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
-# Reads the first stdout line of a background process (bounded wait).
-first_line() { # fifo
-  local line
-  IFS= read -r -t 30 line <"$1" || { echo "bench: no start-up line" >&2; return 1; }
-  echo "$line"
-}
-
-URL= PIDS=
 start_target() { # name
   case $1 in
-    ringgate)
-      local up_fifo rg_fifo
-      up_fifo=$(mktemp -u "$OUT/up.XXXX"); rg_fifo=$(mktemp -u "$OUT/rg.XXXX")
-      mkfifo "$up_fifo" "$rg_fifo"
-      "$RG" echo-upstream --listen 127.0.0.1:0 --workers 1 >"$up_fifo" 2>>"$OUT/echo-upstream.log" &
-      RG_PIDS+=($!)
-      exec 7<>"$up_fifo"
-      local up; up=$(first_line /dev/fd/7 | awk '{print $NF}')
-      "$RG" run --listen 127.0.0.1:0 --workers 2 --upstream "$up" \
-        --ping-interval 1h --idle-timeout 2h >"$rg_fifo" 2>>"$OUT/ringgate.log" &
-      local pid=$!; RG_PIDS+=($pid)
-      exec 8<>"$rg_fifo"
-      URL=$(first_line /dev/fd/8 | grep -o 'ws://[^ ]*')
-      PIDS=$pid ;;
+    ringgate) start_ringgate "$RG" ;;
     *)
       eval "$("$PEERS_DIR/start.sh" "$1")"
       PIDS=$PROXY_PIDS ;;
@@ -73,20 +54,9 @@ start_target() { # name
 
 stop_target() { # name
   case $1 in
-    ringgate)
-      for p in "${RG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-      for p in "${RG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-      RG_PIDS=()
-      exec 7<&- 8<&- ;;
+    ringgate) stop_ringgate ;;
     *) "$PEERS_DIR/stop.sh" "$1" >/dev/null ;;
   esac
-}
-
-load() { # target scenario args...
-  local t=$1 s=$2; shift 2
-  echo "bench: $t / $s"
-  "$LOAD" "$@" --url "$URL" --query 'user={i}' --pid "$PIDS" --quiet \
-    --json "$OUT/$t-$s.json" >"$OUT/$t-$s.txt" 2>&1 || echo "bench: $t / $s counted errors or failed (see $OUT/$t-$s.txt)"
 }
 
 # The 64-byte scenarios, whose ratios sit closest to the targets, run in rounds with every target in
@@ -95,20 +65,19 @@ load() { # target scenario args...
 for r in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     start_target "$t"
-    load "$t" "echo64-d1.r$r" echo --conns 200 --size 64 --depth 1 --duration "$SECS"
-    load "$t" "echo64-d8.r$r" echo --conns 200 --size 64 --depth 8 --duration "$SECS"
+    load_echo64 "$t" "$r" "$SECS"
     stop_target "$t"
   done
 done
 
 for t in "${TARGETS[@]}"; do
   start_target "$t"
-  load "$t" echo1k-2000 echo --conns 2000 --size 1024 --depth 1 --duration "$SECS"
-  load "$t" handshake handshake --workers 64 --duration "$SECS"
+  load "$t-echo1k-2000" echo --conns 2000 --size 1024 --depth 1 --duration "$SECS"
+  load "$t-handshake" handshake --workers 64 --duration "$SECS"
   stop_target "$t"
   # Idle memory on a freshly started process: allocators keep what earlier scenarios freed.
   start_target "$t"
-  load "$t" idle9000 idle --conns 9000 --hold 3
+  load "$t-idle9000" idle --conns 9000 --hold 3
   stop_target "$t"
 done
 

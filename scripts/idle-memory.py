@@ -14,6 +14,7 @@ import base64
 import os
 import re
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -38,15 +39,19 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
+    # SIGTERM (from scripts/ab.sh, or a timeout) ends the run through the `finally` below, so that
+    # the processes it started stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("idle-memory: terminated"))
     upstream = subprocess.Popen([args.binary, "echo-upstream", "--listen", "127.0.0.1:0"],
                                 stdout=subprocess.PIPE, text=True)
-    up_addr = re.search(r"listening on (\S+)", upstream.stdout.readline()).group(1)
-    server = subprocess.Popen(
-        [args.binary, "run", "--listen", "127.0.0.1:0", "--workers", str(args.workers),
-         "--upstream", up_addr, "--admin", "127.0.0.1:0",
-         "--ping-interval", "1h", "--idle-timeout", "2h"],
-        stdout=subprocess.PIPE, text=True)
+    server = None
     try:
+        up_addr = re.search(r"listening on (\S+)", upstream.stdout.readline()).group(1)
+        server = subprocess.Popen(
+            [args.binary, "run", "--listen", "127.0.0.1:0", "--workers", str(args.workers),
+             "--upstream", up_addr, "--admin", "127.0.0.1:0",
+             "--ping-interval", "1h", "--idle-timeout", "2h"],
+            stdout=subprocess.PIPE, text=True)
         line = server.stdout.readline()
         port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))
         admin = re.search(r"(http://\S+)/stats", server.stdout.readline()).group(1)
@@ -80,8 +85,9 @@ def main():
             s.close()
         warm.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
         upstream.terminate()
         upstream.wait(timeout=30)
 
