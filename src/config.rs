@@ -43,8 +43,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Bytes queued toward one client before it is closed with 1008 for not reading.
     pub max_client_backlog: usize,
-    /// Client connections (handshaking or open) the instance holds at most, split evenly over the
-    /// workers; more are answered 503 at once. 0 = derived from the open-files limit.
+    /// Client connections (handshaking or open) the process holds at most, on whichever workers;
+    /// more are answered 503 at once. 0 = derived from the open-files limit.
     pub max_connections: usize,
     /// io_uring submission queue entries per worker.
     pub uring_entries: u32,

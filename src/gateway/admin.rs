@@ -10,8 +10,9 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::gateway::core::Core;
+use crate::gateway::core::{bump, Core};
 use crate::gateway::{CoreMsg, CoreSnapshot};
+use crate::runtime::contain::Contained;
 use crate::runtime::sys::{self, ReadOutcome};
 
 pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
@@ -28,7 +29,11 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
             r = listener.accept() => r,
         };
         if let Ok((stream, _)) = accepted {
-            monoio::spawn(exchange(core.clone(), stream));
+            let owner = core.clone();
+            monoio::spawn(Contained::new(exchange(core.clone(), stream), move || {
+                bump(&owner.counters.panics);
+                tracing::error!("admin request panicked; connection dropped");
+            }));
         }
     }
 }

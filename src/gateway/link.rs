@@ -46,6 +46,8 @@ enum ConnectError {
     Closed(&'static str),
     #[error("{0}")]
     Handshake(#[from] HandshakeError),
+    #[error("the connect attempt panicked")]
+    Panicked,
 }
 
 pub struct Link {
@@ -169,7 +171,10 @@ impl Link {
         while !core.shutdown.is_set() {
             let attempt = monoio::select! {
                 _ = core.shutdown.wait() => break,
-                r = self.connect(&core) => r,
+                r = Caught::new(self.connect(&core)) => r.unwrap_or_else(|| {
+                    bump(&core.counters.panics);
+                    Err(ConnectError::Panicked)
+                }),
             };
             // The first attempt is done either way; once up, the link is marked up before this
             // wakes anyone.

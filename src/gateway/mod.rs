@@ -22,6 +22,8 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::gateway::core::bump;
+use crate::runtime::contain::catch;
 use crate::runtime::poller::Poller;
 use crate::runtime::{self, Runtime};
 
@@ -249,11 +251,20 @@ impl Worker {
         if let Some(admin) = self.admin {
             monoio::spawn(admin::serve(core.clone(), admin));
         }
-        // The control loop holds no per-connection state and runs no peer-controlled code: a panic
-        // here is a bug in the core itself, and ends the worker (`Server::join` reports it).
+        // The control loop itself holds no per-connection state: a panic in it is a bug in the core,
+        // and ends the worker (`Server::join` reports it). The one step that handles a peer's
+        // request, adopting a handed-over connection, is contained to that connection.
         while let Ok(msg) = self.control.recv_async().await {
             match msg {
-                CoreMsg::Handoff(h) => accept::adopt(&core, h),
+                CoreMsg::Handoff(h) => {
+                    if catch(|| accept::adopt(&core, h)).is_none() {
+                        bump(&core.counters.panics);
+                        tracing::error!(
+                            core = self.index,
+                            "adopting a connection panicked; connection dropped"
+                        );
+                    }
+                }
                 CoreMsg::Snapshot { sessions, reply } => {
                     let _ = reply.send(snapshot(&core, driver, sessions));
                 }

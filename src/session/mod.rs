@@ -247,7 +247,7 @@ impl Session {
         }
         self.state |= CLOSE_SENT;
         self.sent_code = code;
-        self.close_deadline = now + t.close_timeout;
+        self.close_deadline = now.saturating_add(t.close_timeout);
         Some(self.close_deadline)
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 use bytes::Buf;
 
-use crate::ws::{encode_client_frame, parse_close_payload};
+use crate::ws::{encode_client_frame, parse_close_payload, OpCode};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: client frames as a browser sends them (masked), and a miniature driver.
@@ -22,12 +22,12 @@ const T: Timing = Timing {
 /// An arbitrary start time, far from 0 so saturating arithmetic never hides a bug.
 const NOW: u32 = 1_000;
 
-const OP_CONT: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+const OP_CONT: u8 = OpCode::Continuation.as_u8();
+const OP_TEXT: u8 = OpCode::Text.as_u8();
+const OP_BINARY: u8 = OpCode::Binary.as_u8();
+const OP_CLOSE: u8 = OpCode::Close.as_u8();
+const OP_PING: u8 = OpCode::Ping.as_u8();
+const OP_PONG: u8 = OpCode::Pong.as_u8();
 
 /// One final, masked client frame.
 fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {

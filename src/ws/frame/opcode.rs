@@ -30,7 +30,7 @@ impl OpCode {
         }
     }
 
-    pub fn as_u8(self) -> u8 {
+    pub const fn as_u8(self) -> u8 {
         match self {
             Self::Continuation => 0x0,
             Self::Text => 0x1,
