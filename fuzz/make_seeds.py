@@ -191,4 +191,35 @@ ud = {
 for name, data in ud.items():
     write("upstream_decoder", name, data)
 
-print("seeds:", {t: len(d) for t, d in (("handshake", hs), ("frame_decoder", fd), ("upstream_decoder", ud))})
+# --- session -----------------------------------------------------------------------------------
+# Byte 0: max message / 8; then steps of two bytes (step, argument): steps 0-3 feed the next
+# `argument` bytes as client bytes, 4 ticks by argument % 64 s, 5 begins our close (1000 + argument),
+# 6 the game server gone, 7 a write done (argument % 2 bytes left), 8 the peer gone, 9 the end.
+
+
+def feed(data):
+    out = b""
+    while data:
+        part, data = data[:255], data[255:]
+        out += bytes([0, len(part)]) + part
+    return out
+
+
+def step(kind, arg=0):
+    return bytes([kind, arg])
+
+
+ss = {
+    "echo_then_client_close": bytes([32]) + feed(ws_frame(1, b"hello") + ws_frame(2, bytes(100)))
+    + feed(ws_frame(8, struct.pack(">H", 1000))) + step(7, 0) + step(9),
+    "ping_then_idle": bytes([32]) + feed(ws_frame(9, b"p")) + step(4, 40) + step(4, 63) + step(4, 63) + step(7) + step(9),
+    "server_close_then_timeout": bytes([32]) + feed(ws_frame(1, b"a")) + step(5, 1) + step(7, 0)
+    + feed(ws_frame(1, b"late")) + step(4, 10) + step(9),
+    "split_frame": bytes([255]) + feed(ws_frame(2, bytes(300))[:7]) + feed(ws_frame(2, bytes(300))[7:]) + step(9),
+    "violation": bytes([32]) + feed(ws_frame(1, b"x", masked=False)) + step(8) + step(9),
+    "upstream_gone_then_data": bytes([32]) + step(6) + feed(ws_frame(1, b"dropped")) + step(5, 11) + step(9),
+}
+for name, data in ss.items():
+    write("session", name, data)
+
+print("seeds:", {t: len(d) for t, d in (("handshake", hs), ("frame_decoder", fd), ("upstream_decoder", ud), ("session", ss))})

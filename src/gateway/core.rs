@@ -57,57 +57,47 @@ impl Settings {
     }
 }
 
-/// Counters of one core, reported by the admin endpoint. Plain cells: only this core writes them.
-#[derive(Default)]
-pub struct Counters {
-    pub accepted: Cell<u64>,
-    pub accept_errors: Cell<u64>,
-    pub upgraded: Cell<u64>,
-    pub handshake_rejected: Cell<u64>,
-    pub handshake_timeouts: Cell<u64>,
-    pub handed_off: Cell<u64>,
-    pub received_from_other_core: Cell<u64>,
-    pub messages_in: Cell<u64>,
-    pub messages_out: Cell<u64>,
-    pub protocol_errors: Cell<u64>,
-    pub idle_timeouts: Cell<u64>,
-    pub backlog_closes: Cell<u64>,
-    pub close_timeouts: Cell<u64>,
-    /// Tasks or steps of a task (handshakes, drivers, flushes, heartbeats, links) that panicked;
-    /// each ended its own connection or link only.
-    pub panics: Cell<u64>,
-    /// Connections answered 503 at once: at the connection cap, or out of descriptors (accepted with
-    /// the reserve descriptor).
-    pub shed: Cell<u64>,
-    /// Times a client's driver waited for a congested upstream link.
-    pub paused: Cell<u64>,
+/// Declares the counters once: the struct of cells and the list the admin endpoint reports.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters of one core, reported by the admin endpoint. Plain cells: only this core writes
+        /// them.
+        #[derive(Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: Cell<u64>,)*
+        }
+
+        impl Counters {
+            /// Every counter with its name, for the admin endpoint.
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.get()),)*]
+            }
+        }
+    };
 }
 
-impl Counters {
-    /// Every counter with its name, for the admin endpoint.
-    pub fn named(&self) -> [(&'static str, u64); 16] {
-        [
-            ("accepted", self.accepted.get()),
-            ("accept_errors", self.accept_errors.get()),
-            ("upgraded", self.upgraded.get()),
-            ("handshake_rejected", self.handshake_rejected.get()),
-            ("handshake_timeouts", self.handshake_timeouts.get()),
-            ("handed_off", self.handed_off.get()),
-            (
-                "received_from_other_core",
-                self.received_from_other_core.get(),
-            ),
-            ("messages_in", self.messages_in.get()),
-            ("messages_out", self.messages_out.get()),
-            ("protocol_errors", self.protocol_errors.get()),
-            ("idle_timeouts", self.idle_timeouts.get()),
-            ("backlog_closes", self.backlog_closes.get()),
-            ("close_timeouts", self.close_timeouts.get()),
-            ("paused", self.paused.get()),
-            ("panics", self.panics.get()),
-            ("shed", self.shed.get()),
-        ]
-    }
+counters! {
+    accepted,
+    accept_errors,
+    upgraded,
+    handshake_rejected,
+    handshake_timeouts,
+    handed_off,
+    received_from_other_core,
+    messages_in,
+    messages_out,
+    protocol_errors,
+    idle_timeouts,
+    backlog_closes,
+    close_timeouts,
+    /// Times a client's driver waited for a congested upstream link.
+    paused,
+    /// Tasks or steps of a task (handshakes, drivers, flushes, heartbeats, links) that panicked;
+    /// each ended its own connection or link only.
+    panics,
+    /// Connections answered 503 at once: at the connection cap, or out of descriptors (accepted with
+    /// the reserve descriptor).
+    shed,
 }
 
 pub fn bump(c: &Cell<u64>) {
