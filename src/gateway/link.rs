@@ -176,16 +176,18 @@ impl Link {
                     Err(ConnectError::Panicked)
                 }),
             };
-            // The first attempt is done either way; once up, the link is marked up before this
+            // The first attempt is done either way; a link that came up is marked up before this
             // wakes anyone.
-            let up = attempt.is_ok();
+            let mut first_done = || {
+                if let Some(f) = first.take() {
+                    f.tick();
+                }
+            };
             match attempt {
                 Ok(stream) => {
                     let began = Instant::now();
                     self.on_up(&core, stream);
-                    if let Some(f) = first.take() {
-                        f.tick();
-                    }
+                    first_done();
                     let end = match Caught::new(self.serve(&core)).await {
                         Some(end) => end,
                         None => {
@@ -197,6 +199,7 @@ impl Link {
                     backoff.on_link_ended(began.elapsed());
                 }
                 Err(e) => {
+                    first_done();
                     self.connect_failures.set(self.connect_failures.get() + 1);
                     // The first failure of a series is worth a warning; the retries are not.
                     let version = matches!(&e, ConnectError::Handshake(h) if h.is_version());
@@ -205,11 +208,6 @@ impl Link {
                     } else {
                         tracing::debug!(core = core.index, upstream = %self.name, error = %e, "upstream link retry failed");
                     }
-                }
-            }
-            if !up {
-                if let Some(f) = first.take() {
-                    f.tick();
                 }
             }
             let delay = backoff.next_delay();
