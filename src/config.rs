@@ -76,6 +76,36 @@ pub struct Config {
     /// Longest reconnect delay.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Whether connections start with a PROXY protocol header (v1 or v2) naming the real client.
+    pub proxy_protocol: ProxyProtocol,
+    /// The load balancers and proxies in front of ringgate (addresses or CIDR networks): only their
+    /// PROXY headers and `real_ip_header` are believed.
+    pub trusted_proxies: Vec<String>,
+    /// A request header naming the real client, believed only from `trusted_proxies`.
+    pub real_ip_header: Option<RealIpHeader>,
+}
+
+/// `proxy_protocol`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No PROXY header is expected; one is a malformed request (400).
+    #[default]
+    Off,
+    /// Trusted proxies may send one; other peers may not (their connection is closed).
+    Optional,
+    /// Every connection must start with one, from a trusted proxy; any other is closed.
+    Required,
+}
+
+/// `real_ip_header`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum RealIpHeader {
+    /// The right-most address that is not a trusted proxy.
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    #[serde(rename = "x-real-ip")]
+    XRealIp,
 }
 
 /// One `[[upstream]]` table.
@@ -118,6 +148,9 @@ impl Default for Config {
             link_connect_timeout: Duration::from_secs(3),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            proxy_protocol: ProxyProtocol::Off,
+            trusted_proxies: Vec::new(),
+            real_ip_header: None,
         }
     }
 }
@@ -254,6 +287,24 @@ impl Config {
                 ));
             }
         }
+        for t in &self.trusted_proxies {
+            parse_network(t)
+                .map_err(|reason| invalid("trusted_proxies", format!("{t:?}: {reason}")))?;
+        }
+        if self.trusted_proxies.is_empty() {
+            if self.proxy_protocol != ProxyProtocol::Off {
+                return Err(invalid(
+                    "proxy_protocol",
+                    "needs trusted_proxies: a PROXY header is believed only from them",
+                ));
+            }
+            if self.real_ip_header.is_some() {
+                return Err(invalid(
+                    "real_ip_header",
+                    "needs trusted_proxies: the header is believed only from them",
+                ));
+            }
+        }
         for u in &self.upstreams {
             parse_address(&u.address).map_err(|reason| {
                 invalid("upstream.address", format!("{:?}: {reason}", u.address))
@@ -307,6 +358,16 @@ impl Config {
     }
 }
 
+/// An address (`10.0.0.7`, `::1`) or a network in CIDR notation (`10.0.0.0/8`, `fd00::/8`).
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| "expected an IP address or a CIDR network such as 10.0.0.0/8".to_string())
+}
+
 /// Checks an upstream address of the form `HOST:PORT` (resolution happens at start).
 pub fn parse_address(addr: &str) -> Result<(), String> {
     let (host, port) = addr.rsplit_once(':').ok_or("expected HOST:PORT")?;
@@ -343,6 +404,40 @@ mod tests {
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn client_address_keys_need_trusted_proxies_and_valid_networks() {
+        let refusal = |toml: &str| {
+            Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refusal("proxy_protocol = \"required\"");
+        assert!(e.starts_with("`proxy_protocol`"), "{e}");
+        let e = refusal("real_ip_header = \"x-real-ip\"");
+        assert!(e.starts_with("`real_ip_header`"), "{e}");
+        let e = refusal("trusted_proxies = [\"10.0.0.0/33\"]");
+        assert!(
+            e.starts_with("`trusted_proxies`") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
+        let e = Config::from_toml("proxy_protocol = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy_protocol"), "{e}");
+        let ok = Config::from_toml(
+            "proxy_protocol = \"optional\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nreal_ip_header = \"x-forwarded-for\"",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.real_ip_header, Some(RealIpHeader::XForwardedFor));
+        assert_eq!(
+            parse_network("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! Owns its own worker threads and links; shares nothing with the proxy's cores even in-process.
 //! The echo is zero-copy: a reply is the received body, sent with a new 14-byte header beside it.
 //!
-//! Test commands, sent as a session's DATA payload: `kick` (the server closes the session with 4000
-//! "kicked"), `stall` (the server stops reading that link for good). A session whose user id starts
+//! Commands, sent as a session's DATA payload: the text `whoami` (the answer is a JSON object of
+//! exactly what the session's OPEN carried: `session`, `user`, `address`, `target`, `headers`,
+//! `claims`), `kick` (the server closes the session with 4000 "kicked"), `stall` (the server stops
+//! reading that link for good). A session whose user id starts
 //! with `refuse` is refused with 4003. On SIGINT/SIGTERM (process mode) every link gets GOAWAY 1012
 //! "restarting" before the server exits.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::thread::JoinHandle;
@@ -18,7 +20,7 @@ use std::thread::JoinHandle;
 use bytes::BytesMut;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::protocol::{self as proto, Frame, FrameType};
+use crate::protocol::{self as proto, Frame, FrameType, Open};
 use crate::runtime::event::Event;
 use crate::runtime::{sys, Flush, OutQueue, ReadOutcome};
 
@@ -134,6 +136,35 @@ impl Drop for LinkGuard {
     }
 }
 
+/// The answer to `whoami`: exactly what the session's OPEN carried, as JSON. Header values that are
+/// not UTF-8 are shown lossily; the `:claims` pseudo-header, when present, is the verified token's
+/// forwarded claims (a JSON object) and appears as `claims`, not among the headers.
+fn whoami(session: u64, open: &Open) -> String {
+    let mut headers = serde_json::Map::new();
+    let mut claims = serde_json::Value::Object(serde_json::Map::new());
+    for (name, value) in &open.headers {
+        if name == ":claims" {
+            if let Ok(v) = serde_json::from_slice(value) {
+                claims = v;
+            }
+            continue;
+        }
+        headers.insert(
+            name.clone(),
+            String::from_utf8_lossy(value).into_owned().into(),
+        );
+    }
+    serde_json::json!({
+        "session": session,
+        "user": open.user,
+        "address": open.client_addr,
+        "target": open.target,
+        "headers": headers,
+        "claims": claims,
+    })
+    .to_string()
+}
+
 /// What the link loop should do after a batch of frames.
 enum Next {
     Continue,
@@ -202,7 +233,8 @@ async fn flush_all(stream: &TcpStream, out: &mut OutQueue) -> std::io::Result<()
 struct EchoLink {
     max_frame: usize,
     hello: bool,
-    sessions: HashSet<u64>,
+    /// What each open session's OPEN carried, for `whoami`.
+    sessions: HashMap<u64, Open>,
     out: OutQueue,
 }
 
@@ -254,7 +286,7 @@ impl EchoLink {
                 if open.user.starts_with("refuse") {
                     self.out.push(&[], proto::refuse(session, 4003, "refused"));
                 } else {
-                    self.sessions.insert(session);
+                    self.sessions.insert(session, open);
                 }
             }
             Frame::Data {
@@ -262,10 +294,15 @@ impl EchoLink {
                 text,
                 payload,
             } => {
-                if !self.sessions.contains(&session) {
+                let Some(open) = self.sessions.get(&session) else {
                     return Next::Continue;
-                }
+                };
                 match &payload[..] {
+                    b"whoami" if text => {
+                        let me = whoami(session, open);
+                        self.out
+                            .push(&[], proto::data_frame(session, true, me.as_bytes()));
+                    }
                     b"kick" => {
                         self.sessions.remove(&session);
                         self.out.push(&[], proto::close(session, 4000, "kicked"));

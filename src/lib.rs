@@ -1,7 +1,8 @@
 //! ringgate: a WebSocket edge proxy for online games.
 //!
 //! Layers, each importing only those below it (docs/architecture.md):
-//! - codecs, pure: [`ws`] (RFC 6455, by hand) and [`protocol`] (the upstream link protocol);
+//! - codecs, pure: [`ws`] (RFC 6455, by hand), [`protocol`] (the upstream link protocol) and
+//!   [`proxy_protocol`] (the PROXY header of a load balancer);
 //! - state machines, pure: [`session`] (one client session) and [`link`] (one upstream link);
 //! - [`runtime`]: per-core machinery with no protocol knowledge (syscalls, queues, readiness,
 //!   timers, the session slab), on monoio (io_uring, epoll fallback);
@@ -16,6 +17,7 @@ pub mod echo_server;
 pub mod gateway;
 pub mod link;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod session;
 pub mod shard;

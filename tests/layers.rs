@@ -10,6 +10,7 @@ use std::path::Path;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("ws", &[]),
     ("protocol", &[]),
+    ("proxy_protocol", &[]),
     ("shard", &[]),
     ("config", &[]),
     ("runtime", &[]),
@@ -19,7 +20,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "gateway",
         &[
-            "config", "link", "protocol", "runtime", "session", "shard", "ws",
+            "config",
+            "link",
+            "protocol",
+            "proxy_protocol",
+            "runtime",
+            "session",
+            "shard",
+            "ws",
         ],
     ),
     ("cli", &["config", "echo_server", "gateway"]),

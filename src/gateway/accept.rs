@@ -15,9 +15,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::gateway::admission::{self, Permit};
+use crate::config::{ProxyProtocol, RealIpHeader};
+use crate::gateway::admission::{self, ClientAddress, Permit};
 use crate::gateway::core::{bump, Core};
 use crate::gateway::{receive, CoreMsg};
+use crate::proxy_protocol::{self, Header, Parsed};
 use crate::runtime::contain::Contained;
 use crate::runtime::sys::{self, ReadOutcome};
 use crate::runtime::throttle::Throttled;
@@ -116,6 +118,20 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
 enum HeadError {
     Closed,
     Rejected(HandshakeError),
+    /// The PROXY header is missing, malformed or from a peer that may not send one: the connection
+    /// is closed without an answer, since what it speaks is not HTTP.
+    Proxy(ProxyRefusal),
+}
+
+/// Why a connection's PROXY header was not accepted.
+#[derive(Debug, thiserror::Error)]
+enum ProxyRefusal {
+    #[error("a PROXY header from a peer not in trusted_proxies")]
+    Untrusted,
+    #[error("no PROXY header, and proxy_protocol is required")]
+    Missing,
+    #[error("malformed PROXY header: {0}")]
+    Malformed(proxy_protocol::ProxyError),
 }
 
 async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
@@ -126,16 +142,21 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     let settings = core.settings.clone();
     let head = monoio::time::timeout(
         settings.handshake_timeout,
-        read_head(&stream, &settings.handshake),
+        read_head(&stream, &settings.handshake, &settings.client, peer),
     )
     .await;
-    let (req, mut buf) = match head {
+    let (req, mut buf, peer) = match head {
         Ok(Ok(done)) => done,
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::Rejected(e))) => {
             bump(&core.counters.handshake_rejected);
             tracing::debug!(%peer, status = e.status(), error = %e, "handshake rejected");
             reject(stream, e.response()).await;
+            return;
+        }
+        Ok(Err(HeadError::Proxy(why))) => {
+            bump(&core.counters.proxy_refused);
+            tracing::debug!(%peer, error = %why, "PROXY header refused, closing");
             return;
         }
         Err(_) => {
@@ -145,6 +166,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         }
     };
     buf.advance(req.head_len);
+    let peer = forwarded_for(&settings.client, peer, &req);
     let user = req.query.as_deref().and_then(|q| query_param(q, "user"));
     let owner = match &user {
         Some(u) => shard::owner_core(u.as_bytes(), settings.workers),
@@ -237,13 +259,32 @@ fn service_unavailable(why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Reads the request head, after the PROXY header where one is expected; returns the request, the
+/// bytes read so far (the head and what followed it) and the client's address (the PROXY header's
+/// source, or the peer's).
 async fn read_head(
     stream: &TcpStream,
     cfg: &HandshakeConfig,
-) -> Result<(UpgradeRequest, BytesMut), HeadError> {
+    client: &ClientAddress,
+    peer: SocketAddr,
+) -> Result<(UpgradeRequest, BytesMut, SocketAddr), HeadError> {
     let fd = sys::fd(stream);
+    let trusted = client.trust.trusts(peer.ip());
+    let mut proxy_pending = match client.proxy_protocol {
+        ProxyProtocol::Off => false,
+        ProxyProtocol::Optional => true,
+        ProxyProtocol::Required if trusted => true,
+        ProxyProtocol::Required => return Err(HeadError::Proxy(ProxyRefusal::Untrusted)),
+    };
+    let mut source = peer;
     // One byte past the limit is enough to tell "too large" from "exactly at the limit".
-    let cap = cfg.max_head_bytes + 1;
+    let cap = cfg.max_head_bytes
+        + 1
+        + if proxy_pending {
+            proxy_protocol::MAX_HEADER
+        } else {
+            0
+        };
     let mut buf = BytesMut::with_capacity(cap.min(1024));
     loop {
         stream
@@ -255,14 +296,60 @@ async fn read_head(
             buf.reserve(grow);
         }
         match sys::read_into(fd, &mut buf) {
-            Ok(ReadOutcome::Data(_)) => match parse_request(&buf, cfg) {
-                Ok(ParseOutcome::Partial) => {}
-                Ok(ParseOutcome::Complete(req)) => return Ok((req, buf)),
-                Err(e) => return Err(HeadError::Rejected(e)),
-            },
-            Ok(ReadOutcome::WouldBlock) => {}
+            Ok(ReadOutcome::Data(_)) => {}
+            Ok(ReadOutcome::WouldBlock) => continue,
             Ok(ReadOutcome::Eof) | Err(_) => return Err(HeadError::Closed),
         }
+        if proxy_pending {
+            let refuse = |why| Err(HeadError::Proxy(why));
+            match proxy_protocol::parse(&buf) {
+                Ok(Parsed::Incomplete) => continue,
+                Ok(Parsed::Absent) if client.proxy_protocol == ProxyProtocol::Required => {
+                    return refuse(ProxyRefusal::Missing)
+                }
+                Ok(Parsed::Absent) => {}
+                Ok(Parsed::Complete { .. }) if !trusted => return refuse(ProxyRefusal::Untrusted),
+                Ok(Parsed::Complete { header, len }) => {
+                    if let Header::Proxied { source: s, .. } = header {
+                        source = s;
+                    }
+                    buf.advance(len);
+                }
+                Err(e) => return refuse(ProxyRefusal::Malformed(e)),
+            }
+            proxy_pending = false;
+        }
+        match parse_request(&buf, cfg) {
+            Ok(ParseOutcome::Partial) => {}
+            Ok(ParseOutcome::Complete(req)) => return Ok((req, buf, source)),
+            Err(e) => return Err(HeadError::Rejected(e)),
+        }
+    }
+}
+
+/// The client named by `real_ip_header`, if configured and sent by a trusted peer (the address
+/// learnt so far, after any PROXY header); else `peer` as it is. A header's address has no port:
+/// the result carries port 0.
+fn forwarded_for(client: &ClientAddress, peer: SocketAddr, req: &UpgradeRequest) -> SocketAddr {
+    let Some(header) = client.real_ip_header else {
+        return peer;
+    };
+    if !client.trust.trusts(peer.ip()) {
+        return peer;
+    }
+    let name = match header {
+        RealIpHeader::XForwardedFor => "x-forwarded-for",
+        RealIpHeader::XRealIp => "x-real-ip",
+    };
+    let values: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    match admission::real_ip(header, &values, &client.trust) {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => peer,
     }
 }
 

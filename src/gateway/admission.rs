@@ -1,16 +1,21 @@
-//! Admission: whether a connection may be held at all, and whether a valid upgrade request may
-//! become a session. The one place for checks before the 101 response.
+//! Admission: whether a connection may be held at all, who the client really is, and whether a
+//! valid upgrade request may become a session. The one place for checks before the 101 response.
 //!
-//! Owns the process-wide connection budget (`max_connections`) and the refusals decided at the
-//! upgrade (shutting down, no game server reachable). Never reads a socket and never keeps
-//! per-connection state: a [`Permit`] travels with the connection instead.
+//! Owns the process-wide connection budget (`max_connections`), the trust in the proxies in front
+//! of ringgate (`trusted_proxies`, `real_ip_header`; the PROXY header's bytes are
+//! `proxy_protocol`'s) and the refusals decided at the upgrade (shutting down, no game server
+//! reachable). Never reads a socket and never keeps per-connection state: a [`Permit`] travels with
+//! the connection instead.
 //!
 //! The budget is the one counter the cores share. Sessions are sharded by user, so a per-core share
 //! would shed on one core while the process still had room; one atomic add when a connection is
 //! accepted and one subtraction when it is released (never per message) buys an exact limit.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::config::{Config, ProxyProtocol, RealIpHeader};
 
 /// Client connections held by the process (handshaking and upgraded), against a limit.
 #[derive(Clone)]
@@ -88,9 +93,149 @@ pub fn check_upgrade(shutting_down: bool, upstream_up: bool) -> Result<(), Refus
     Ok(())
 }
 
+/// How the real client address is learnt, from `proxy_protocol`, `trusted_proxies` and
+/// `real_ip_header`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAddress {
+    pub proxy_protocol: ProxyProtocol,
+    pub trust: Trust,
+    pub real_ip_header: Option<RealIpHeader>,
+}
+
+impl ClientAddress {
+    /// From a validated configuration (whose networks parse).
+    pub fn from_config(cfg: &Config) -> ClientAddress {
+        ClientAddress {
+            proxy_protocol: cfg.proxy_protocol,
+            trust: Trust {
+                nets: cfg
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|t| crate::config::parse_network(t).ok())
+                    .collect(),
+            },
+            real_ip_header: cfg.real_ip_header,
+        }
+    }
+}
+
+/// The proxies whose word about a client is believed.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    nets: Vec<ipnet::IpNet>,
+}
+
+impl Trust {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The client named by the values of `header` (every such header of the request, in order), or
+/// `None` to keep the direct peer's address. The caller has checked that the direct peer is
+/// trusted. For `X-Forwarded-For`, each proxy appends the address it saw, so the right-most entry
+/// that is not a trusted proxy is the first one no trusted party vouches for: entries left of it
+/// could have been written by the client itself. A malformed entry on the way makes the whole
+/// header unusable.
+pub fn real_ip(header: RealIpHeader, values: &[&[u8]], trust: &Trust) -> Option<IpAddr> {
+    match header {
+        RealIpHeader::XRealIp => values.last().and_then(|v| ip_of(v)),
+        RealIpHeader::XForwardedFor => {
+            let entries: Vec<&[u8]> = values
+                .iter()
+                .flat_map(|v| v.split(|&b| b == b','))
+                .collect();
+            let mut leftmost = None;
+            for entry in entries.iter().rev() {
+                let ip = ip_of(entry)?;
+                if !trust.trusts(ip) {
+                    return Some(ip);
+                }
+                leftmost = Some(ip);
+            }
+            // Every hop is a trusted proxy: the first of them is as close to the client as known.
+            leftmost
+        }
+    }
+}
+
+/// An address as proxies write it: `203.0.113.7`, `2001:db8::1`, or with a port
+/// (`203.0.113.7:51234`, `[2001:db8::1]:443`), with spaces around.
+fn ip_of(text: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trust(nets: &[&str]) -> Trust {
+        Trust {
+            nets: nets
+                .iter()
+                .map(|n| crate::config::parse_network(n).unwrap())
+                .collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn trust_covers_networks_single_addresses_and_mapped_ipv4() {
+        let t = trust(&["10.0.0.0/8", "192.0.2.7", "fd00::/8"]);
+        assert!(t.trusts(ip("10.1.2.3")));
+        assert!(t.trusts(ip("192.0.2.7")));
+        assert!(!t.trusts(ip("192.0.2.8")));
+        assert!(t.trusts(ip("fd12::1")));
+        assert!(
+            t.trusts(ip("::ffff:10.9.9.9")),
+            "an IPv4 peer on a dual-stack socket"
+        );
+        assert!(!t.trusts(ip("203.0.113.1")));
+        assert!(!Trust::default().trusts(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn x_forwarded_for_gives_the_right_most_untrusted_hop() {
+        let t = trust(&["10.0.0.0/8"]);
+        let xff = RealIpHeader::XForwardedFor;
+        // A client that forges a left-most entry does not get it believed.
+        let v: &[&[u8]] = &[b"6.6.6.6, 203.0.113.7, 10.0.0.2"];
+        assert_eq!(real_ip(xff, v, &t), Some(ip("203.0.113.7")));
+        // Several headers are one list, in order.
+        let v: &[&[u8]] = &[b"6.6.6.6", b"203.0.113.9 , 10.1.1.1"];
+        assert_eq!(real_ip(xff, v, &t), Some(ip("203.0.113.9")));
+        // Ports and IPv6 as proxies write them.
+        let v: &[&[u8]] = &[b"[2001:db8::5]:443, 10.0.0.1:80"];
+        assert_eq!(real_ip(xff, v, &t), Some(ip("2001:db8::5")));
+        // Only trusted hops: the left-most of them.
+        let v: &[&[u8]] = &[b"10.0.0.9, 10.0.0.2"];
+        assert_eq!(real_ip(xff, v, &t), Some(ip("10.0.0.9")));
+        // A malformed hop on the way, an empty header, no header: the peer's own address stands.
+        let v: &[&[u8]] = &[b"203.0.113.7, garbage, 10.0.0.2"];
+        assert_eq!(real_ip(xff, v, &t), None);
+        assert_eq!(real_ip(xff, &[b""], &t), None);
+        assert_eq!(real_ip(xff, &[], &t), None);
+    }
+
+    #[test]
+    fn x_real_ip_is_one_address() {
+        let t = trust(&["10.0.0.0/8"]);
+        let v: &[&[u8]] = &[b" 198.51.100.4 "];
+        assert_eq!(
+            real_ip(RealIpHeader::XRealIp, v, &t),
+            Some(ip("198.51.100.4"))
+        );
+        let v: &[&[u8]] = &[b"198.51.100.4, 10.0.0.1"];
+        assert_eq!(real_ip(RealIpHeader::XRealIp, v, &t), None);
+    }
 
     #[test]
     fn the_budget_counts_the_process_and_permits_give_back_their_place() {

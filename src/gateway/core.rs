@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::gateway::admission::Budget;
+use crate::gateway::admission::{Budget, ClientAddress};
 use crate::gateway::conn::Conn;
 use crate::gateway::upstreams::Upstreams;
 use crate::gateway::CoreMsg;
@@ -32,6 +32,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub timing: Timing,
     pub shutdown_timeout: Duration,
+    /// How the real client address is learnt (PROXY protocol, trusted proxies, real_ip_header).
+    pub client: ClientAddress,
 }
 
 impl Settings {
@@ -53,6 +55,7 @@ impl Settings {
                 close_timeout: secs(cfg.close_timeout),
             },
             shutdown_timeout: cfg.shutdown_timeout,
+            client: ClientAddress::from_config(cfg),
         }
     }
 }
@@ -98,6 +101,9 @@ counters! {
     /// Connections answered 503 at once: at the connection cap, or out of descriptors (accepted with
     /// the reserve descriptor).
     shed,
+    /// Connections closed for their PROXY header: missing where required, malformed, or sent by a
+    /// peer not in trusted_proxies.
+    proxy_refused,
 }
 
 pub fn bump(c: &Cell<u64>) {

@@ -53,6 +53,22 @@ pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
     tcp_connect_with(addr, None, None)
 }
 
+/// Connects from a given source address of the loopback range (127.0.0.2, ...), with the same
+/// timeouts as [`tcp_connect`].
+pub fn tcp_connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    s.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
 /// A random-ish u64: splitmix64 over a counter started from the time and pid. Varied across calls,
 /// threads and runs; good enough for keys and masks, not secret.
 pub fn random_u64() -> u64 {
