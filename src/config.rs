@@ -83,6 +83,21 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// A request header naming the real client, believed only from `trusted_proxies`.
     pub real_ip_header: Option<RealIpHeader>,
+    /// What a new session of a user who already has one does.
+    pub one_session_per_user: OneSessionPerUser,
+}
+
+/// `one_session_per_user`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OneSessionPerUser {
+    /// The older session is closed with 4409 and the newer one is served.
+    #[default]
+    Replace,
+    /// The newer one gets 409 before its upgrade.
+    Reject,
+    /// Both are served.
+    Allow,
 }
 
 /// `proxy_protocol`.
@@ -151,6 +166,7 @@ impl Default for Config {
             proxy_protocol: ProxyProtocol::Off,
             trusted_proxies: Vec::new(),
             real_ip_header: None,
+            one_session_per_user: OneSessionPerUser::Replace,
         }
     }
 }

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{ProxyProtocol, RealIpHeader};
-use crate::gateway::admission::{self, ClientAddress, Permit};
+use crate::gateway::admission::{self, ClientAddress, Older, Permit, Refusal};
 use crate::gateway::core::{bump, Core};
 use crate::gateway::{receive, CoreMsg};
 use crate::proxy_protocol::{self, Header, Parsed};
@@ -219,11 +219,29 @@ fn establish(
     rest: BytesMut,
     permit: Permit,
 ) {
-    if let Err(why) = admission::check_upgrade(core.shutdown.is_set(), core.upstream.any_up()) {
-        bump(&core.counters.handshake_rejected);
-        drop(permit);
-        monoio::spawn(reject(stream, service_unavailable(&why.to_string())));
-        return;
+    let older = user.as_deref().and_then(|u| core.session_of(u));
+    let verdict = admission::check_upgrade(
+        core.shutdown.is_set(),
+        core.upstream.any_up(),
+        older.is_some(),
+        core.settings.one_session_per_user,
+    );
+    match verdict {
+        Err(why) => {
+            bump(&core.counters.handshake_rejected);
+            if why == Refusal::Duplicate {
+                bump(&core.counters.duplicates_rejected);
+            }
+            drop(permit);
+            monoio::spawn(reject(stream, refusal_response(&why)));
+            return;
+        }
+        Ok(Older::Replace) => {
+            if let Some(old) = older {
+                core.replace(&old);
+            }
+        }
+        Ok(Older::Keep) => {}
     }
     permit.keep();
     let conn = core.register(stream, user.map(String::into_boxed_str));
@@ -252,8 +270,21 @@ fn turn_away(fd: BorrowedFd<'_>) {
 }
 
 fn service_unavailable(why: &str) -> Vec<u8> {
+    plain_answer("503 Service Unavailable", "Retry-After: 1\r\n", why)
+}
+
+/// The answer to a refused upgrade.
+fn refusal_response(why: &Refusal) -> Vec<u8> {
+    match why.status() {
+        409 => plain_answer("409 Conflict", "", &why.to_string()),
+        _ => service_unavailable(&why.to_string()),
+    }
+}
+
+/// A complete HTTP error response with a one-line text body, closing the connection.
+fn plain_answer(status: &str, extra_headers: &str, why: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{why}\n",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{why}\n",
         why.len() + 1
     )
     .into_bytes()

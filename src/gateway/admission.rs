@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Config, ProxyProtocol, RealIpHeader};
+use crate::config::{Config, OneSessionPerUser, ProxyProtocol, RealIpHeader};
 
 /// Client connections held by the process (handshaking and upgraded), against a limit.
 #[derive(Clone)]
@@ -73,24 +73,53 @@ impl Drop for Permit {
     }
 }
 
-/// Why a valid upgrade request does not become a session; the client gets 503 before its upgrade.
+/// Why a valid upgrade request does not become a session; the client gets the refusal's status
+/// before its upgrade.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
     #[error("server shutting down")]
     ShuttingDown,
     #[error("no upstream available")]
     NoUpstream,
+    #[error("user already connected")]
+    Duplicate,
 }
 
-/// The checks at the upgrade, in order.
-pub fn check_upgrade(shutting_down: bool, upstream_up: bool) -> Result<(), Refusal> {
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::ShuttingDown | Refusal::NoUpstream => 503,
+            Refusal::Duplicate => 409,
+        }
+    }
+}
+
+/// What happens to a user's older session when a newer one is admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Older {
+    Keep,
+    Replace,
+}
+
+/// The checks at the upgrade, in order. `duplicate`: the user already has a live session on this
+/// core (the one that owns every session of that user, so the answer needs no other core).
+pub fn check_upgrade(
+    shutting_down: bool,
+    upstream_up: bool,
+    duplicate: bool,
+    policy: OneSessionPerUser,
+) -> Result<Older, Refusal> {
     if shutting_down {
         return Err(Refusal::ShuttingDown);
     }
     if !upstream_up {
         return Err(Refusal::NoUpstream);
     }
-    Ok(())
+    match (duplicate, policy) {
+        (true, OneSessionPerUser::Reject) => Err(Refusal::Duplicate),
+        (true, OneSessionPerUser::Replace) => Ok(Older::Replace),
+        _ => Ok(Older::Keep),
+    }
 }
 
 /// How the real client address is learnt, from `proxy_protocol`, `trusted_proxies` and
@@ -264,9 +293,33 @@ mod tests {
 
     #[test]
     fn upgrade_refusals_say_why() {
-        assert_eq!(check_upgrade(true, true), Err(Refusal::ShuttingDown));
-        assert_eq!(check_upgrade(false, false), Err(Refusal::NoUpstream));
-        assert_eq!(check_upgrade(false, true), Ok(()));
+        use OneSessionPerUser::*;
+        assert_eq!(
+            check_upgrade(true, true, false, Allow),
+            Err(Refusal::ShuttingDown)
+        );
+        assert_eq!(
+            check_upgrade(false, false, true, Reject),
+            Err(Refusal::NoUpstream)
+        );
+        assert_eq!(check_upgrade(false, true, false, Reject), Ok(Older::Keep));
         assert_eq!(Refusal::NoUpstream.to_string(), "no upstream available");
+        assert_eq!(Refusal::NoUpstream.status(), 503);
+    }
+
+    #[test]
+    fn a_second_session_of_a_user_replaces_is_refused_or_joins_by_policy() {
+        use OneSessionPerUser::*;
+        assert_eq!(
+            check_upgrade(false, true, true, Replace),
+            Ok(Older::Replace)
+        );
+        assert_eq!(
+            check_upgrade(false, true, true, Reject),
+            Err(Refusal::Duplicate)
+        );
+        assert_eq!(Refusal::Duplicate.status(), 409);
+        assert_eq!(check_upgrade(false, true, true, Allow), Ok(Older::Keep));
+        assert_eq!(check_upgrade(false, true, false, Replace), Ok(Older::Keep));
     }
 }

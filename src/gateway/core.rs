@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, OneSessionPerUser};
 use crate::gateway::admission::{Budget, ClientAddress};
 use crate::gateway::conn::Conn;
 use crate::gateway::upstreams::Upstreams;
@@ -20,7 +20,9 @@ use crate::runtime::poller::Poller;
 use crate::runtime::registry::{Key, Registry};
 use crate::runtime::wheel::Wheel;
 use crate::session::Timing;
+use crate::shard::user_hash;
 use crate::ws::HandshakeConfig;
+use rustc_hash::FxHashMap;
 
 /// Settings every core reads on the data path, resolved once from [`Config`].
 #[derive(Clone)]
@@ -34,6 +36,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How the real client address is learnt (PROXY protocol, trusted proxies, real_ip_header).
     pub client: ClientAddress,
+    pub one_session_per_user: OneSessionPerUser,
 }
 
 impl Settings {
@@ -56,6 +59,7 @@ impl Settings {
             },
             shutdown_timeout: cfg.shutdown_timeout,
             client: ClientAddress::from_config(cfg),
+            one_session_per_user: cfg.one_session_per_user,
         }
     }
 }
@@ -104,6 +108,10 @@ counters! {
     /// Connections closed for their PROXY header: missing where required, malformed, or sent by a
     /// peer not in trusted_proxies.
     proxy_refused,
+    /// Sessions closed with 4409 because their user connected again (`one_session_per_user`).
+    replaced,
+    /// Connections answered 409 because their user already had a session.
+    duplicates_rejected,
 }
 
 pub fn bump(c: &Cell<u64>) {
@@ -127,6 +135,10 @@ pub struct Core {
     now: Cell<u32>,
     next_session: Cell<u64>,
     sessions: RefCell<Registry<Rc<Conn>>>,
+    /// The live session of each user, by the user's hash (the user itself is checked on lookup), when
+    /// `one_session_per_user` is not `allow`. Every session of a user lives on this core, so this
+    /// index is the whole truth about that user.
+    users: RefCell<FxHashMap<u64, Key>>,
     pub(super) wheel: RefCell<Wheel>,
     pub(super) dirty: RefCell<Vec<Rc<Conn>>>,
     pub(super) flush_wake: Notify,
@@ -136,6 +148,9 @@ pub struct Core {
     /// Tells the connection drivers when their sockets are readable.
     pub poller: Poller,
 }
+
+/// The close code of a session replaced by a newer one of its user.
+pub const REPLACED: u16 = 4409;
 
 /// Size of the shared read buffer; a read never asks for more than this at once.
 pub const READ_BUF: usize = 64 * 1024;
@@ -164,6 +179,7 @@ impl Core {
             // Starts at 1: session id 0 means "the link itself" in the upstream protocol.
             next_session: Cell::new(1),
             sessions: RefCell::new(Registry::default()),
+            users: RefCell::new(FxHashMap::default()),
             wheel: RefCell::new(Wheel::default()),
             dirty: RefCell::new(Vec::new()),
             flush_wake: Notify::default(),
@@ -216,6 +232,11 @@ impl Core {
             .sessions
             .borrow_mut()
             .insert_with(|key| Rc::new(Conn::new(stream, id, key, user, now)));
+        if let Some(user) = self.indexed_user(&conn) {
+            self.users
+                .borrow_mut()
+                .insert(user_hash(user.as_bytes()), key);
+        }
         let due = conn.state.borrow().session.first_due(&self.settings.timing);
         self.wheel.borrow_mut().insert(key, due);
         conn
@@ -223,12 +244,44 @@ impl Core {
 
     /// Removes an ended session and gives its place in the budget back.
     pub fn unregister(&self, c: &Conn) {
+        if let Some(user) = self.indexed_user(c) {
+            let mut users = self.users.borrow_mut();
+            let h = user_hash(user.as_bytes());
+            if users.get(&h) == Some(&c.key) {
+                users.remove(&h);
+            }
+        }
         if self.sessions.borrow_mut().remove(c.key) {
             self.budget.release();
             if self.live_sessions() == 0 && self.shutdown.is_set() {
                 self.drained.set();
             }
         }
+    }
+
+    /// The user under which `c` is indexed, if users are indexed at all.
+    fn indexed_user<'c>(&self, c: &'c Conn) -> Option<&'c str> {
+        if self.settings.one_session_per_user == OneSessionPerUser::Allow {
+            return None;
+        }
+        c.user.as_deref()
+    }
+
+    /// The live session of `user` on this core, if there is one.
+    pub fn session_of(&self, user: &str) -> Option<Rc<Conn>> {
+        let key = *self.users.borrow().get(&user_hash(user.as_bytes()))?;
+        self.get(key).filter(|c| c.user.as_deref() == Some(user))
+    }
+
+    /// Closes a user's older session for a newer one: the game server gets its CLOSE (4409) now,
+    /// before the newer session's OPEN, and nothing of the older session's after it; the client
+    /// gets a close frame with 4409.
+    pub fn replace(&self, old: &Rc<Conn>) {
+        bump(&self.counters.replaced);
+        tracing::debug!(session = old.id, "replaced by a newer session of its user");
+        self.upstream.closed(old, REPLACED, true);
+        old.state.borrow_mut().session.upstream_gone();
+        self.close(old, REPLACED, "replaced by a newer session");
     }
 
     pub fn get(&self, key: Key) -> Option<Rc<Conn>> {
