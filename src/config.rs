@@ -85,6 +85,11 @@ pub struct Config {
     pub real_ip_header: Option<RealIpHeader>,
     /// What a new session of a user who already has one does.
     pub one_session_per_user: OneSessionPerUser,
+    /// Origins a browser may connect from (`https://game.example.com`, `https://*.example.com`);
+    /// empty = any. Others get 403.
+    pub allowed_origins: Vec<String>,
+    /// Refuse (403) a request without an Origin header (non-browser clients send none).
+    pub origin_required: bool,
 }
 
 /// `one_session_per_user`.
@@ -167,6 +172,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             real_ip_header: None,
             one_session_per_user: OneSessionPerUser::Replace,
+            allowed_origins: Vec::new(),
+            origin_required: false,
         }
     }
 }
@@ -303,6 +310,10 @@ impl Config {
                 ));
             }
         }
+        for o in &self.allowed_origins {
+            parse_origin_pattern(o)
+                .map_err(|reason| invalid("allowed_origins", format!("{o:?}: {reason}")))?;
+        }
         for t in &self.trusted_proxies {
             parse_network(t)
                 .map_err(|reason| invalid("trusted_proxies", format!("{t:?}: {reason}")))?;
@@ -372,6 +383,28 @@ impl Config {
             self.workers
         }
     }
+}
+
+/// An allowed origin: `scheme://host[:port]`, where the host may start with `*.` to allow every
+/// subdomain (not the domain itself). Returns it lowercased.
+pub fn parse_origin_pattern(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    let (scheme, host) = lower
+        .split_once("://")
+        .ok_or("expected scheme://host[:port], such as https://game.example.com")?;
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let valid = |c: char| c.is_ascii_alphanumeric() || "-.:[]".contains(c);
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err("the scheme is not valid".into());
+    }
+    if bare.is_empty() || !bare.chars().all(valid) || bare.starts_with('.') {
+        return Err("the host is not valid (a wildcard is only allowed as a leading `*.`)".into());
+    }
+    Ok(lower)
 }
 
 /// An address (`10.0.0.7`, `::1`) or a network in CIDR notation (`10.0.0.0/8`, `fd00::/8`).

@@ -167,6 +167,19 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     };
     buf.advance(req.head_len);
     let peer = forwarded_for(&settings.client, peer, &req);
+    // Checks that need only the request head run here, before any hand-over.
+    let origin = req
+        .headers
+        .iter()
+        .find(|(name, _)| name == "origin")
+        .map(|(_, v)| v.as_slice());
+    if let Err(why) = settings.origins.check(origin) {
+        bump(&core.counters.handshake_rejected);
+        bump(&core.counters.origin_rejected);
+        tracing::debug!(%peer, error = %why, "handshake refused");
+        reject(stream, refusal_response(&why)).await;
+        return;
+    }
     let user = req.query.as_deref().and_then(|q| query_param(q, "user"));
     let owner = match &user {
         Some(u) => shard::owner_core(u.as_bytes(), settings.workers),
@@ -276,6 +289,7 @@ fn service_unavailable(why: &str) -> Vec<u8> {
 /// The answer to a refused upgrade.
 fn refusal_response(why: &Refusal) -> Vec<u8> {
     match why.status() {
+        403 => plain_answer("403 Forbidden", "", &why.to_string()),
         409 => plain_answer("409 Conflict", "", &why.to_string()),
         _ => service_unavailable(&why.to_string()),
     }

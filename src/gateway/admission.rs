@@ -83,6 +83,10 @@ pub enum Refusal {
     NoUpstream,
     #[error("user already connected")]
     Duplicate,
+    #[error("origin not allowed")]
+    Origin,
+    #[error("origin required")]
+    NoOrigin,
 }
 
 impl Refusal {
@@ -90,6 +94,59 @@ impl Refusal {
         match self {
             Refusal::ShuttingDown | Refusal::NoUpstream => 503,
             Refusal::Duplicate => 409,
+            Refusal::Origin | Refusal::NoOrigin => 403,
+        }
+    }
+}
+
+/// The browser origins allowed to connect (`allowed_origins`, `origin_required`).
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    /// Lowercased patterns; a host starting with `*.` matches any subdomain.
+    allowed: Vec<String>,
+    required: bool,
+}
+
+impl Origins {
+    pub fn from_config(cfg: &Config) -> Origins {
+        Origins {
+            allowed: cfg
+                .allowed_origins
+                .iter()
+                .filter_map(|o| crate::config::parse_origin_pattern(o).ok())
+                .collect(),
+            required: cfg.origin_required,
+        }
+    }
+
+    /// Checks the request's `Origin` values (a browser sends exactly one).
+    pub fn check(&self, origin: Option<&[u8]>) -> Result<(), Refusal> {
+        let Some(origin) = origin else {
+            return if self.required {
+                Err(Refusal::NoOrigin)
+            } else {
+                Ok(())
+            };
+        };
+        if self.allowed.is_empty() {
+            return Ok(());
+        }
+        let origin = String::from_utf8_lossy(origin).trim().to_ascii_lowercase();
+        let Some((scheme, host)) = origin.split_once("://") else {
+            return Err(Refusal::Origin);
+        };
+        let allowed = self.allowed.iter().any(|p| match p.split_once("://") {
+            Some((s, h)) if s == scheme => match h.strip_prefix('*') {
+                // `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+                Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+                None => h == host,
+            },
+            _ => false,
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Origin)
         }
     }
 }
@@ -305,6 +362,52 @@ mod tests {
         assert_eq!(check_upgrade(false, true, false, Reject), Ok(Older::Keep));
         assert_eq!(Refusal::NoUpstream.to_string(), "no upstream available");
         assert_eq!(Refusal::NoUpstream.status(), 503);
+    }
+
+    fn origins(allowed: &[&str], required: bool) -> Origins {
+        Origins::from_config(&Config {
+            allowed_origins: allowed.iter().map(|s| s.to_string()).collect(),
+            origin_required: required,
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain_wildcard() {
+        let o = origins(
+            &[
+                "https://Game.Example.com",
+                "https://*.example.org",
+                "http://localhost:8080",
+            ],
+            false,
+        );
+        let check = |v: &str| o.check(Some(v.as_bytes()));
+        assert_eq!(check("https://game.example.com"), Ok(()));
+        assert_eq!(check("HTTPS://GAME.EXAMPLE.COM"), Ok(()));
+        assert_eq!(check("https://a.example.org"), Ok(()));
+        assert_eq!(check("https://a.b.example.org"), Ok(()));
+        assert_eq!(check("http://localhost:8080"), Ok(()));
+        for refused in [
+            "https://example.org",
+            "http://a.example.org",
+            "https://evil-example.org",
+            "https://a.example.org.evil.com",
+            "https://game.example.com:444",
+            "http://localhost:8081",
+            "null",
+            "",
+        ] {
+            assert_eq!(
+                check(refused),
+                Err(Refusal::Origin),
+                "{refused:?} was allowed"
+            );
+        }
+        assert_eq!(o.check(None), Ok(()), "a non-browser client without Origin");
+        assert_eq!(origins(&[], true).check(None), Err(Refusal::NoOrigin));
+        assert_eq!(origins(&[], true).check(Some(b"https://any.where")), Ok(()));
+        assert_eq!(Refusal::Origin.status(), 403);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, OneSessionPerUser};
-use crate::gateway::admission::{Budget, ClientAddress};
+use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
 use crate::gateway::upstreams::Upstreams;
 use crate::gateway::CoreMsg;
@@ -37,6 +37,7 @@ pub struct Settings {
     /// How the real client address is learnt (PROXY protocol, trusted proxies, real_ip_header).
     pub client: ClientAddress,
     pub one_session_per_user: OneSessionPerUser,
+    pub origins: Origins,
 }
 
 impl Settings {
@@ -60,6 +61,7 @@ impl Settings {
             shutdown_timeout: cfg.shutdown_timeout,
             client: ClientAddress::from_config(cfg),
             one_session_per_user: cfg.one_session_per_user,
+            origins: Origins::from_config(cfg),
         }
     }
 }
@@ -112,6 +114,8 @@ counters! {
     replaced,
     /// Connections answered 409 because their user already had a session.
     duplicates_rejected,
+    /// Requests answered 403 for their Origin (not allowed, or missing where required).
+    origin_rejected,
 }
 
 pub fn bump(c: &Cell<u64>) {
