@@ -90,6 +90,32 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Refuse (403) a request without an Origin header (non-browser clients send none).
     pub origin_required: bool,
+    /// Data messages a client may send: `{ rate = per second, burst = at most saved up }`; off when
+    /// absent.
+    pub message_rate: Option<RateLimit>,
+    /// Payload bytes a client may send, likewise.
+    pub byte_rate: Option<RateLimit>,
+    /// What a message over a rate limit gets.
+    pub rate_limit_action: RateLimitAction,
+}
+
+/// A token bucket: `rate` a second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// `rate_limit_action`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    /// The session is closed with 1008 "rate limit exceeded".
+    #[default]
+    Close,
+    /// The message is dropped (and counted); the session goes on.
+    Drop,
 }
 
 /// `one_session_per_user`.
@@ -174,6 +200,9 @@ impl Default for Config {
             one_session_per_user: OneSessionPerUser::Replace,
             allowed_origins: Vec::new(),
             origin_required: false,
+            message_rate: None,
+            byte_rate: None,
+            rate_limit_action: RateLimitAction::Close,
         }
     }
 }
@@ -307,6 +336,24 @@ impl Config {
                 return Err(invalid(
                     "forward_headers",
                     format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+        for (key, limit) in [
+            ("message_rate", self.message_rate),
+            ("byte_rate", self.byte_rate),
+        ] {
+            if let Some(l) = limit {
+                if l.rate == 0 || l.burst == 0 {
+                    return Err(invalid(key, "rate and burst must both be at least 1"));
+                }
+            }
+        }
+        if let Some(b) = self.byte_rate {
+            if (b.burst as usize) < self.max_message_size {
+                return Err(invalid(
+                    "byte_rate",
+                    "burst must be at least max_message_size, or a message of the largest size could never pass",
                 ));
             }
         }

@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 
 use crate::runtime::outq::{spare, Flush, OutQueue};
 use crate::runtime::{sys, Key};
-use crate::session::Session;
+use crate::session::{Rates, Session};
 use crate::ws::{encode_header, OpCode};
 
 /// The driver's I/O bits. The protocol's state is the session's.
@@ -66,7 +66,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, id: u64, key: Key, user: Option<Box<str>>, now: u32) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        id: u64,
+        key: Key,
+        user: Option<Box<str>>,
+        now: u32,
+        rates: Rates,
+    ) -> Self {
         Conn {
             stream,
             id,
@@ -77,7 +84,7 @@ impl Conn {
             waker: Cell::new(None),
             out: RefCell::new(None),
             state: RefCell::new(State {
-                session: Session::new(now),
+                session: Session::with_rates(now, rates),
                 pending: None,
             }),
         }
@@ -177,9 +184,9 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // The idle-connection budget (docs/architecture.md) counts on this: with the `Rc`'s two
-        // counts it must stay within mimalloc's 256-byte size class (the next is 320).
+        // counts (16 bytes) it must stay within mimalloc's 256-byte size class (the next is 320).
         assert!(
-            std::mem::size_of::<Conn>() <= 232,
+            std::mem::size_of::<Conn>() <= 240,
             "{}",
             std::mem::size_of::<Conn>()
         );

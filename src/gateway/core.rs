@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, OneSessionPerUser};
+use crate::config::{Config, OneSessionPerUser, RateLimitAction};
 use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
 use crate::gateway::upstreams::Upstreams;
@@ -19,7 +19,7 @@ use crate::runtime::event::{Event, Notify};
 use crate::runtime::poller::Poller;
 use crate::runtime::registry::{Key, Registry};
 use crate::runtime::wheel::Wheel;
-use crate::session::Timing;
+use crate::session::{Bucket, Rates, Timing};
 use crate::shard::user_hash;
 use crate::ws::HandshakeConfig;
 use rustc_hash::FxHashMap;
@@ -38,6 +38,8 @@ pub struct Settings {
     pub client: ClientAddress,
     pub one_session_per_user: OneSessionPerUser,
     pub origins: Origins,
+    /// Every session's rate limits.
+    pub rates: Rates,
 }
 
 impl Settings {
@@ -62,6 +64,17 @@ impl Settings {
             client: ClientAddress::from_config(cfg),
             one_session_per_user: cfg.one_session_per_user,
             origins: Origins::from_config(cfg),
+            rates: Rates {
+                messages: cfg.message_rate.map(|r| Bucket {
+                    rate: r.rate,
+                    burst: r.burst,
+                }),
+                bytes: cfg.byte_rate.map(|r| Bucket {
+                    rate: r.rate,
+                    burst: r.burst,
+                }),
+                close: cfg.rate_limit_action == RateLimitAction::Close,
+            },
         }
     }
 }
@@ -116,6 +129,10 @@ counters! {
     duplicates_rejected,
     /// Requests answered 403 for their Origin (not allowed, or missing where required).
     origin_rejected,
+    /// Client messages dropped over `message_rate`/`byte_rate` (`rate_limit_action = "drop"`).
+    rate_limit_drops,
+    /// Sessions closed with 1008 over `message_rate`/`byte_rate`.
+    rate_limit_closes,
 }
 
 pub fn bump(c: &Cell<u64>) {
@@ -235,7 +252,7 @@ impl Core {
         let (key, conn) = self
             .sessions
             .borrow_mut()
-            .insert_with(|key| Rc::new(Conn::new(stream, id, key, user, now)));
+            .insert_with(|key| Rc::new(Conn::new(stream, id, key, user, now, self.settings.rates)));
         if let Some(user) = self.indexed_user(&conn) {
             self.users
                 .borrow_mut()

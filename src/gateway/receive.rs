@@ -17,7 +17,7 @@ use crate::gateway::core::{bump, Core, READ_BUF};
 use crate::runtime::event::Gate;
 use crate::runtime::outq::SMALL;
 use crate::runtime::sys::{self, ReadOutcome};
-use crate::session::{Received, Session};
+use crate::session::{Received, Session, RATE_LIMITED};
 use crate::ws::{OpCode, MAX_HEADER_LEN};
 
 /// Runs the session until its close completes or the peer goes away, then releases it.
@@ -215,6 +215,12 @@ fn process(core: &Rc<Core>, c: &Rc<Conn>, session: &mut Session, buf: &mut Bytes
                 bump(&core.counters.protocol_errors);
                 tracing::debug!(session = c.id, error = %reason, "protocol error");
                 core.close_on(c, session, code, &reason);
+            }
+            Received::OverRate { close: false } => bump(&core.counters.rate_limit_drops),
+            Received::OverRate { close: true } => {
+                bump(&core.counters.rate_limit_closes);
+                tracing::debug!(session = c.id, "rate limit exceeded, closing");
+                core.close_on(c, session, 1008, RATE_LIMITED);
             }
             Received::Closed { echo } => {
                 if let Some(frame) = echo {

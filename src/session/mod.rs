@@ -58,6 +58,78 @@ pub enum Received {
     /// The client closed. `echo` is the close frame to queue in answer, if ours was not sent yet;
     /// either way the session ends once it is queued.
     Closed { echo: Option<Bytes> },
+    /// A data message over the session's rate limits (`message_rate`, `byte_rate`), consumed. With
+    /// `close`, the session reads nothing more and the driver closes it with 1008 "rate limit
+    /// exceeded"; otherwise the message was dropped.
+    OverRate { close: bool },
+}
+
+/// The reason of the close frame of a session over its rate limits.
+pub const RATE_LIMITED: &str = "rate limit exceeded";
+
+/// A token bucket's settings: `rate` tokens a second, at most `burst` saved up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// A session's rate limits (each off when `None`) and what happens to a message over them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rates {
+    /// Messages a second.
+    pub messages: Option<Bucket>,
+    /// Payload bytes a second.
+    pub bytes: Option<Bucket>,
+    pub close: bool,
+}
+
+/// A session's metering against its [`Rates`]; exists only on sessions that have limits, so an
+/// unlimited session pays a pointer. Refilled in whole seconds of the core's clock: for refusing
+/// abuse, not for shaping.
+struct Meter {
+    rates: Rates,
+    messages: u64,
+    bytes: u64,
+    at: u32,
+}
+
+impl Meter {
+    fn new(rates: Rates, now: u32) -> Meter {
+        Meter {
+            rates,
+            messages: rates.messages.map_or(0, |b| u64::from(b.burst)),
+            bytes: rates.bytes.map_or(0, |b| u64::from(b.burst)),
+            at: now,
+        }
+    }
+
+    /// Takes what a message of `len` bytes costs, if both buckets have it.
+    fn admit(&mut self, len: usize, now: u32) -> bool {
+        let elapsed = u64::from(now.saturating_sub(self.at));
+        self.at = self.at.max(now);
+        let refill = |tokens: &mut u64, b: Option<Bucket>| {
+            if let Some(b) = b {
+                *tokens = tokens
+                    .saturating_add(elapsed.saturating_mul(u64::from(b.rate)))
+                    .min(u64::from(b.burst));
+            }
+        };
+        refill(&mut self.messages, self.rates.messages);
+        refill(&mut self.bytes, self.rates.bytes);
+        let len = len as u64;
+        let ok = self.rates.messages.is_none_or(|_| self.messages >= 1)
+            && self.rates.bytes.is_none_or(|_| self.bytes >= len);
+        if ok {
+            if self.rates.messages.is_some() {
+                self.messages -= 1;
+            }
+            if self.rates.bytes.is_some() {
+                self.bytes -= len;
+            }
+        }
+        ok
+    }
 }
 
 /// What a due heartbeat asks of the driver.
@@ -102,6 +174,8 @@ pub struct Session {
     last_ping: u32,
     /// Clock by which our close must have been answered.
     close_deadline: u32,
+    /// Present only on a session with rate limits.
+    meter: Option<Box<Meter>>,
 }
 
 impl Session {
@@ -115,7 +189,32 @@ impl Session {
             last_rx: now,
             last_ping: now,
             close_deadline: u32::MAX,
+            meter: None,
         }
+    }
+
+    /// A session whose data messages are metered against `rates`.
+    pub fn with_rates(now: u32, rates: Rates) -> Session {
+        let mut s = Session::new(now);
+        if rates.messages.is_some() || rates.bytes.is_some() {
+            s.meter = Some(Box::new(Meter::new(rates, now)));
+        }
+        s
+    }
+
+    /// Whether a data message of `len` bytes is within the rate limits; if it is not, what the
+    /// driver is told (and, for `close`, the session stops reading).
+    fn over_rate(&mut self, len: usize, buf: &mut BytesMut) -> Option<Received> {
+        let meter = self.meter.as_mut()?;
+        if meter.admit(len, self.last_rx) {
+            return None;
+        }
+        let close = meter.rates.close;
+        if close {
+            self.phase = Phase::Failed;
+            buf.clear();
+        }
+        Some(Received::OverRate { close })
     }
 
     fn has(&self, bit: u8) -> bool {
@@ -178,7 +277,16 @@ impl Session {
             let msg = match self.decoder.decode_small(buf, max_message, small) {
                 Ok(Some(Decoded::InPlace { text, len })) => {
                     if forwarding {
-                        return Some(Received::SmallData { text, len });
+                        // A dropped message leaves the buffer here; a closing session's is cleared.
+                        let over = self.over_rate(len, buf);
+                        match over {
+                            None => return Some(Received::SmallData { text, len }),
+                            Some(Received::OverRate { close: false }) => {
+                                bytes::Buf::advance(buf, len.min(buf.len()));
+                            }
+                            Some(_) => {}
+                        }
+                        return over;
                     }
                     bytes::Buf::advance(buf, len.min(buf.len()));
                     continue;
@@ -197,16 +305,22 @@ impl Session {
             };
             match msg {
                 Message::Text(payload) if forwarding => {
-                    return Some(Received::Data {
-                        text: true,
-                        payload,
-                    })
+                    return Some(
+                        self.over_rate(payload.len(), buf)
+                            .unwrap_or(Received::Data {
+                                text: true,
+                                payload,
+                            }),
+                    )
                 }
                 Message::Binary(payload) if forwarding => {
-                    return Some(Received::Data {
-                        text: false,
-                        payload,
-                    })
+                    return Some(
+                        self.over_rate(payload.len(), buf)
+                            .unwrap_or(Received::Data {
+                                text: false,
+                                payload,
+                            }),
+                    )
                 }
                 Message::Ping(p) if !self.close_sent() => return Some(Received::Pong(p)),
                 Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}

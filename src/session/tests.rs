@@ -72,6 +72,7 @@ enum Out {
     Pong(Vec<u8>),
     Violation(u16),
     Closed(Option<Vec<u8>>),
+    OverRate { close: bool },
 }
 
 /// One call to `receive`, applied the way `gateway::receive::process` applies it.
@@ -98,6 +99,7 @@ fn step(s: &mut Session, buf: &mut BytesMut) -> Option<Out> {
             Out::Violation(code)
         }
         Received::Closed { echo } => Out::Closed(echo.map(|e| e.to_vec())),
+        Received::OverRate { close } => Out::OverRate { close },
     })
 }
 
@@ -854,4 +856,90 @@ fn a_fresh_session_that_vanishes_is_told_upstream() {
             tell_upstream: true
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits
+
+fn limited(messages: Option<(u32, u32)>, bytes: Option<(u32, u32)>, close: bool) -> Session {
+    let bucket = |(rate, burst)| Bucket { rate, burst };
+    Session::with_rates(
+        NOW,
+        Rates {
+            messages: messages.map(bucket),
+            bytes: bytes.map(bucket),
+            close,
+        },
+    )
+}
+
+#[test]
+fn a_burst_passes_then_messages_over_the_rate_are_dropped_until_the_clock_refills() {
+    let mut s = limited(Some((2, 3)), None, false);
+    let mut buf = buf_of(&[
+        text("1"),
+        text("2"),
+        text("3"),
+        text("4"),
+        binary(&large(100)),
+    ]);
+    s.on_read(NOW);
+    let out = drain(&mut s, &mut buf);
+    assert_eq!(out.len(), 5, "{out:?}");
+    assert!(matches!(out[2], Out::Small { .. }), "{out:?}");
+    assert_eq!(out[3], Out::OverRate { close: false });
+    assert_eq!(
+        out[4],
+        Out::OverRate { close: false },
+        "a large message is metered too"
+    );
+    assert!(buf.is_empty(), "a dropped message stays in the buffer");
+    assert!(s.is_open(), "drop keeps the session");
+    // One second later: two more tokens (the rate), not the whole burst.
+    s.on_read(NOW + 1);
+    let mut buf = buf_of(&[text("5"), text("6"), text("7")]);
+    let out = drain(&mut s, &mut buf);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Out::Small { .. }))
+            .count(),
+        2,
+        "{out:?}"
+    );
+    // A long silence refills up to the burst only.
+    s.on_read(NOW + 100);
+    let mut buf = buf_of(&[text("a"), text("b"), text("c"), text("d")]);
+    let out = drain(&mut s, &mut buf);
+    assert_eq!(out.last(), Some(&Out::OverRate { close: false }), "{out:?}");
+    assert_eq!(out.len(), 4);
+}
+
+#[test]
+fn over_the_byte_rate_with_close_the_session_stops_reading() {
+    let mut s = limited(None, Some((10, 40)), true);
+    s.on_read(NOW);
+    let mut buf = buf_of(&[binary(&large(30)), binary(&large(30)), text("after")]);
+    let out = drain(&mut s, &mut buf);
+    assert!(matches!(out[0], Out::Data { .. }), "{out:?}");
+    assert_eq!(out[1], Out::OverRate { close: true });
+    assert_eq!(out.len(), 2, "input after the limit was read: {out:?}");
+    assert!(!s.is_open());
+    assert!(buf.is_empty());
+    // The driver closes with 1008, which is what the game server is told.
+    assert!(s.begin_close(1008, NOW, &T).is_some());
+    assert_eq!(s.end().map(|e| e.code), Some(1008));
+}
+
+#[test]
+fn control_frames_and_a_session_without_limits_are_not_metered() {
+    let mut s = limited(Some((1, 1)), None, true);
+    s.on_read(NOW);
+    let mut buf = buf_of(&[frame(OP_PING, b"p"), frame(OP_PING, b"q"), text("one")]);
+    let out = drain(&mut s, &mut buf);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(matches!(out[2], Out::Small { .. }));
+    let mut free = Session::new(NOW);
+    let frames: Vec<Vec<u8>> = (0..500).map(|i| text(&i.to_string())).collect();
+    let mut buf = buf_of(&frames);
+    assert_eq!(drain(&mut free, &mut buf).len(), 500);
 }
