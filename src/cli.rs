@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth;
 use crate::config::{Config, UpstreamConfig};
 use crate::echo_server;
 use crate::gateway::{self, LinkSettings};
@@ -206,9 +207,9 @@ fn init_logging(level: Option<&str>) {
 /// Starts the workers, announces the address on stdout (tests and scripts read this line), and
 /// waits for SIGINT or SIGTERM to shut down gracefully.
 fn serve(cfg: Config, demo: bool) -> ExitCode {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Registered before the workers start, so a signal during start-up is not lost.
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
@@ -239,8 +240,28 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if let Some(sig) = signals.forever().next() {
+    if cfg.auth.mode == auth::Mode::None && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "no authentication ([auth] mode = \"none\"): any client can claim any user"
+        );
+    }
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            // Only the token keys are re-read; sessions and every other setting stay.
+            match auth::Verifier::load(&cfg.auth) {
+                Ok(keys) => {
+                    server.reload_keys(keys);
+                    tracing::info!("SIGHUP: token keys re-read");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: keys not re-read, the old ones stay")
+                }
+            }
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down: closing sessions with 1001");
+        break;
     }
     server.shutdown();
     let panicked = server.join();

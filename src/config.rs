@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+
 /// Everything ringgate can be told. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +99,8 @@ pub struct Config {
     pub byte_rate: Option<RateLimit>,
     /// What a message over a rate limit gets.
     pub rate_limit_action: RateLimitAction,
+    /// Who a client is: the `[auth]` table (`mode = "none"` takes `?user=` as it comes).
+    pub auth: AuthConfig,
 }
 
 /// A token bucket: `rate` a second, at most `burst` saved up.
@@ -203,6 +207,7 @@ impl Default for Config {
             message_rate: None,
             byte_rate: None,
             rate_limit_action: RateLimitAction::Close,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -490,9 +495,23 @@ mod tests {
         for key in keys.as_object().unwrap().keys() {
             let documented = text.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{key}]]"))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[[{key}]]"))
+                    || l.starts_with(&format!("[{key}]"))
             });
             assert!(documented, "key {key} missing from ringgate.example.toml");
+        }
+        let auth = serde_json::to_value(AuthConfig::default()).unwrap();
+        let table = text.split("[auth]").nth(1).expect("an [auth] table");
+        for key in auth.as_object().unwrap().keys() {
+            let documented = table.lines().any(|l| {
+                l.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))
+            });
+            assert!(
+                documented,
+                "[auth] key {key} missing from ringgate.example.toml"
+            );
         }
     }
 

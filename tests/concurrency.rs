@@ -14,7 +14,7 @@ const PER_THREAD: usize = CLIENTS / THREADS;
 const MESSAGES: usize = 5;
 
 fn message(id: usize, m: usize) -> Message {
-    if m % 2 == 0 {
+    if m.is_multiple_of(2) {
         Message::Text(format!("client {id} message {m} ✓"))
     } else {
         Message::Binary(format!("client {id} message {m}").into_bytes())

@@ -12,7 +12,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("protocol", &[]),
     ("proxy_protocol", &[]),
     ("shard", &[]),
-    ("config", &[]),
+    ("auth", &[]),
+    ("config", &["auth"]),
     ("runtime", &[]),
     ("session", &["ws"]),
     ("link", &["protocol", "ws", "shard"]),
@@ -20,6 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "gateway",
         &[
+            "auth",
             "config",
             "link",
             "protocol",
@@ -30,7 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "ws",
         ],
     ),
-    ("cli", &["config", "echo_server", "gateway"]),
+    ("cli", &["auth", "config", "echo_server", "gateway"]),
 ];
 
 fn sources(path: &Path, out: &mut Vec<std::path::PathBuf>) {

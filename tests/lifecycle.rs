@@ -217,7 +217,7 @@ fn a_client_that_does_not_read_is_closed_with_1008() {
 
 /// Opens a session that has echoed one message.
 fn open_session(server: &Gateway, i: usize) -> TcpStream {
-    let mut s = if i % 2 == 0 {
+    let mut s = if i.is_multiple_of(2) {
         raw_upgrade_path(server.addr(), &format!("/ws?user=shutdown{i}"), &[]).0
     } else {
         raw_upgrade(server.addr(), &[])

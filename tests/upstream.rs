@@ -24,7 +24,7 @@ const LOSS_BOUND: Duration = Duration::from_secs(1);
 /// bytes that are not UTF-8), of varied sizes, each naming its client and number.
 fn numbered(id: usize, m: usize) -> Message {
     let size = (id * 37 + m * 911) % 3000;
-    if m % 2 == 0 {
+    if m.is_multiple_of(2) {
         let mut s = format!("u{id} #{m} é€😀 ");
         while s.len() < size {
             s.push(char::from(b'a' + ((s.len() + id) % 26) as u8));

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::auth;
 use crate::config::{ProxyProtocol, RealIpHeader};
 use crate::gateway::admission::{self, ClientAddress, Older, Permit, Refusal};
 use crate::gateway::core::{bump, Core};
@@ -29,12 +30,56 @@ use crate::ws::{
     ParseOutcome, UpgradeRequest,
 };
 
+/// Who a connection is: its user (the verified token's, or `?user=` without authentication) and
+/// the claims forwarded to the game server.
+pub struct Identity {
+    pub user: Option<String>,
+    /// A JSON object, when `forward_claims` is configured.
+    pub claims: Option<String>,
+}
+
+/// Finds and verifies the request's token. A token offered as a subprotocol is never selected for
+/// the answer: without configured subprotocols, the client's first other offered one is (browsers
+/// fail a connection whose offered subprotocols all go unanswered).
+fn authenticate(core: &Core, req: &mut UpgradeRequest) -> Result<Identity, auth::Rejection> {
+    let cfg = &core.settings.auth;
+    let (token, found) = auth::find_token(cfg, &req.headers, req.query.as_deref())
+        .ok_or(auth::Rejection::Missing)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let verified = core.verifier.borrow().verify(&token, now)?;
+    // With subprotocols configured, the answer selects only among them (parse_request did).
+    let free_choice = core.settings.handshake.subprotocols.is_empty();
+    if found == auth::Found::Subprotocol && free_choice && req.subprotocol.is_none() {
+        req.subprotocol = req
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "sec-websocket-protocol")
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| !p.is_empty() && !auth::is_bearer_subprotocol(p))
+            .map(str::to_string);
+    }
+    Ok(Identity {
+        user: Some(verified.user),
+        claims: (!cfg.forward_claims.is_empty()).then_some(verified.claims),
+    })
+}
+
+/// The 401 answer to a request without a valid token: the check that failed, never the token.
+fn unauthorized(why: auth::Rejection) -> Vec<u8> {
+    let challenge = format!("WWW-Authenticate: {}\r\n", why.www_authenticate());
+    plain_answer("401 Unauthorized", &challenge, &why.to_string())
+}
+
 /// A socket on its way to the core that owns its user.
 pub struct Handoff {
     pub fd: OwnedFd,
     pub peer: SocketAddr,
     pub req: UpgradeRequest,
-    pub user: Option<String>,
+    pub identity: Identity,
     /// Bytes that followed the request head (frames the client pipelined).
     pub rest: BytesMut,
     /// The connection's place in the process's budget travels with it.
@@ -145,7 +190,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         read_head(&stream, &settings.handshake, &settings.client, peer),
     )
     .await;
-    let (req, mut buf, peer) = match head {
+    let (mut req, mut buf, peer) = match head {
         Ok(Ok(done)) => done,
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::Rejected(e))) => {
@@ -180,13 +225,37 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         reject(stream, refusal_response(&why)).await;
         return;
     }
-    let user = req.query.as_deref().and_then(|q| query_param(q, "user"));
+    let identity = match core.settings.auth.mode {
+        auth::Mode::None => Identity {
+            user: req.query.as_deref().and_then(|q| query_param(q, "user")),
+            claims: None,
+        },
+        auth::Mode::Jwt => match authenticate(&core, &mut req) {
+            Ok(identity) => identity,
+            Err(why) => {
+                bump(&core.counters.handshake_rejected);
+                bump(&core.counters.auth_rejected);
+                tracing::debug!(%peer, reason = why.reason(), "unauthenticated");
+                reject(stream, unauthorized(why)).await;
+                return;
+            }
+        },
+    };
+    let Identity { user, claims } = identity;
     let owner = match &user {
         Some(u) => shard::owner_core(u.as_bytes(), settings.workers),
         None => core.index,
     };
     if owner == core.index {
-        establish(&core, stream, peer, req, user, buf, permit);
+        establish(
+            &core,
+            stream,
+            peer,
+            req,
+            Identity { user, claims },
+            buf,
+            permit,
+        );
         return;
     }
     bump(&core.counters.handed_off);
@@ -197,7 +266,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         fd,
         peer,
         req,
-        user,
+        identity: Identity { user, claims },
         rest: buf,
         permit,
     }));
@@ -216,7 +285,7 @@ pub fn adopt(core: &Rc<Core>, h: Box<Handoff>) {
     bump(&core.counters.received_from_other_core);
     let std = std::net::TcpStream::from(h.fd);
     match TcpStream::from_std(std) {
-        Ok(stream) => establish(core, stream, h.peer, h.req, h.user, h.rest, h.permit),
+        Ok(stream) => establish(core, stream, h.peer, h.req, h.identity, h.rest, h.permit),
         Err(e) => tracing::debug!(peer = %h.peer, error = %e, "cannot adopt socket"),
     }
 }
@@ -228,10 +297,11 @@ fn establish(
     stream: TcpStream,
     peer: SocketAddr,
     req: UpgradeRequest,
-    user: Option<String>,
+    identity: Identity,
     rest: BytesMut,
     permit: Permit,
 ) {
+    let Identity { user, claims } = identity;
     let older = user.as_deref().and_then(|u| core.session_of(u));
     let verdict = admission::check_upgrade(
         core.shutdown.is_set(),
@@ -264,7 +334,8 @@ fn establish(
     core.mark_dirty(&conn);
     bump(&core.counters.upgraded);
     tracing::debug!(session = conn.id, %peer, core = core.index, user = conn.user.as_deref(), "session open");
-    core.upstream.opened(core, &conn, &req, peer);
+    core.upstream
+        .opened(core, &conn, &req, peer, claims.as_deref());
     let driver = receive::drive(core.clone(), conn.clone(), rest);
     let owner = core.clone();
     monoio::spawn(Contained::new(driver, move || {

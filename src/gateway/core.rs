@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{AuthConfig, Verifier};
 use crate::config::{Config, OneSessionPerUser, RateLimitAction};
 use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
@@ -40,6 +41,8 @@ pub struct Settings {
     pub origins: Origins,
     /// Every session's rate limits.
     pub rates: Rates,
+    /// Who a client is (`[auth]`); the keys are the core's own, swapped on SIGHUP.
+    pub auth: AuthConfig,
 }
 
 impl Settings {
@@ -75,6 +78,7 @@ impl Settings {
                 }),
                 close: cfg.rate_limit_action == RateLimitAction::Close,
             },
+            auth: cfg.auth.clone(),
         }
     }
 }
@@ -129,6 +133,8 @@ counters! {
     duplicates_rejected,
     /// Requests answered 403 for their Origin (not allowed, or missing where required).
     origin_rejected,
+    /// Requests answered 401: no token, or one that did not verify (`[auth] mode = "jwt"`).
+    auth_rejected,
     /// Client messages dropped over `message_rate`/`byte_rate` (`rate_limit_action = "drop"`).
     rate_limit_drops,
     /// Sessions closed with 1008 over `message_rate`/`byte_rate`.
@@ -168,6 +174,8 @@ pub struct Core {
     read_buf: RefCell<bytes::BytesMut>,
     /// Tells the connection drivers when their sockets are readable.
     pub poller: Poller,
+    /// The keys tokens are verified with; replaced whole when they are re-read.
+    pub verifier: RefCell<Verifier>,
 }
 
 /// The close code of a session replaced by a newer one of its user.
@@ -184,6 +192,7 @@ impl Core {
         upstream: Upstreams,
         budget: Budget,
         poller: Poller,
+        verifier: Verifier,
     ) -> Core {
         Core {
             index,
@@ -206,6 +215,7 @@ impl Core {
             flush_wake: Notify::default(),
             read_buf: RefCell::new(bytes::BytesMut::new()),
             poller,
+            verifier: RefCell::new(verifier),
         }
     }
 

@@ -50,6 +50,8 @@ pub enum CoreMsg {
         sessions: bool,
         reply: flume::Sender<CoreSnapshot>,
     },
+    /// Verify tokens with these keys from now on (re-read on SIGHUP); open sessions are untouched.
+    Keys(crate::auth::Verifier),
     /// Stop accepting, close every session with 1001, exit when they are gone.
     Shutdown,
 }
@@ -78,6 +80,8 @@ pub enum StartError {
     Upstream(String),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::KeyError),
 }
 
 /// A running server: its worker threads and the way to stop them.
@@ -99,6 +103,13 @@ impl Server {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             self.ready.recv_timeout(left).is_ok()
         })
+    }
+
+    /// Hands every core new token keys (SIGHUP); connections from now on are verified with them.
+    pub fn reload_keys(&self, keys: crate::auth::Verifier) {
+        for c in &self.controls {
+            let _ = c.send(CoreMsg::Keys(keys.clone()));
+        }
     }
 
     /// Asks every core to stop gracefully; [`Server::join`] waits for them.
@@ -124,6 +135,7 @@ impl Server {
 pub fn start(cfg: &Config) -> Result<Server, StartError> {
     let settings = Settings::from_config(cfg);
     let budget = admission::Budget::new(cfg.connection_limit());
+    let verifier = crate::auth::Verifier::load(&cfg.auth)?;
     let targets = Arc::new(upstreams::resolve(cfg).map_err(StartError::Upstream)?);
     let link_settings = LinkSettings::from_config(cfg);
     let workers = settings.workers;
@@ -165,6 +177,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
             targets: targets.clone(),
             link_settings: link_settings.clone(),
             budget: budget.clone(),
+            verifier: verifier.clone(),
             admin: if index == 0 { admin.take() } else { None },
             uring_entries: cfg.uring_entries,
             ready: ready_tx.clone(),
@@ -193,6 +206,7 @@ struct Worker {
     targets: Arc<Vec<(String, SocketAddr)>>,
     link_settings: LinkSettings,
     budget: admission::Budget,
+    verifier: crate::auth::Verifier,
     admin: Option<std::net::TcpListener>,
     uring_entries: u32,
     /// Told once every link of this core has made its first connect attempt.
@@ -229,6 +243,7 @@ impl Worker {
             upstream,
             self.budget,
             poller,
+            self.verifier,
         ));
         monoio::spawn(core.clone().poll_readiness());
         let first_attempts = core.upstream.start(&core);
@@ -268,6 +283,7 @@ impl Worker {
                 CoreMsg::Snapshot { sessions, reply } => {
                     let _ = reply.send(snapshot(&core, driver, sessions));
                 }
+                CoreMsg::Keys(keys) => *core.verifier.borrow_mut() = keys,
                 CoreMsg::Shutdown => break,
             }
         }

@@ -21,6 +21,9 @@ use crate::runtime::event::{Countdown, Gate};
 use crate::shard::user_hash;
 use crate::ws::UpgradeRequest;
 
+/// The OPEN pseudo-header carrying a verified token's forwarded claims.
+pub const CLAIMS_HEADER: &str = ":claims";
+
 /// Link settings shared by every link of a core, resolved once from [`Config`].
 #[derive(Clone)]
 pub struct LinkSettings {
@@ -129,7 +132,16 @@ impl Upstreams {
     }
 
     /// Routes a newly upgraded session and sends its OPEN.
-    pub fn opened(&self, core: &Rc<Core>, c: &Rc<Conn>, req: &UpgradeRequest, peer: SocketAddr) {
+    /// `claims`: the verified token's forwarded claims, a JSON object, which reach the game server as
+    /// the `:claims` pseudo-header (no HTTP header name starts with a colon).
+    pub fn opened(
+        &self,
+        core: &Rc<Core>,
+        c: &Rc<Conn>,
+        req: &UpgradeRequest,
+        peer: SocketAddr,
+        claims: Option<&str>,
+    ) {
         let id_key = c.id.to_be_bytes();
         let key = c.user.as_deref().map_or(&id_key[..], str::as_bytes);
         let up = self
@@ -154,6 +166,7 @@ impl Upstreams {
             .iter()
             .filter(|(name, _)| self.settings.forward_headers.iter().any(|f| f == name))
             .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .chain(claims.map(|c| (CLAIMS_HEADER, c.as_bytes())))
             .collect();
         let info = protocol::OpenInfo {
             user: c.user.as_deref().unwrap_or(""),
