@@ -99,6 +99,12 @@ pub struct Config {
     pub byte_rate: Option<RateLimit>,
     /// What a message over a rate limit gets.
     pub rate_limit_action: RateLimitAction,
+    /// Sessions one client address may hold at once, in the whole process (0 = no limit); the next
+    /// upgrade from it gets 429.
+    pub max_connections_per_ip: u32,
+    /// Upgrade requests one client address may make, per worker: `{ rate = per second, burst }`;
+    /// over it, 429. Off when absent.
+    pub handshake_rate_per_ip: Option<RateLimit>,
     /// Who a client is: the `[auth]` table (`mode = "none"` takes `?user=` as it comes).
     pub auth: AuthConfig,
 }
@@ -207,6 +213,8 @@ impl Default for Config {
             message_rate: None,
             byte_rate: None,
             rate_limit_action: RateLimitAction::Close,
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: None,
             auth: AuthConfig::default(),
         }
     }

@@ -195,12 +195,14 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::Rejected(e))) => {
             bump(&core.counters.handshake_rejected);
+            core.note_refusal("malformed request");
             tracing::debug!(%peer, status = e.status(), error = %e, "handshake rejected");
             reject(stream, e.response()).await;
             return;
         }
         Ok(Err(HeadError::Proxy(why))) => {
             bump(&core.counters.proxy_refused);
+            core.note_refusal("PROXY header");
             tracing::debug!(%peer, error = %why, "PROXY header refused, closing");
             return;
         }
@@ -213,6 +215,22 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     buf.advance(req.head_len);
     let peer = forwarded_for(&settings.client, peer, &req);
     // Checks that need only the request head run here, before any hand-over.
+    let rate = core
+        .request_rate
+        .borrow_mut()
+        .admit(peer.ip(), std::time::Instant::now());
+    if let Err(retry_after) = rate {
+        bump(&core.counters.handshake_rejected);
+        bump(&core.counters.rate_rejected_handshakes);
+        core.note_refusal("handshake_rate_per_ip");
+        tracing::debug!(%peer, "upgrade request rate exceeded");
+        reject(
+            stream,
+            refusal_response(&Refusal::RequestRate { retry_after }),
+        )
+        .await;
+        return;
+    }
     let origin = req
         .headers
         .iter()
@@ -221,6 +239,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     if let Err(why) = settings.origins.check(origin) {
         bump(&core.counters.handshake_rejected);
         bump(&core.counters.origin_rejected);
+        core.note_refusal(why.reason());
         tracing::debug!(%peer, error = %why, "handshake refused");
         reject(stream, refusal_response(&why)).await;
         return;
@@ -235,6 +254,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
             Err(why) => {
                 bump(&core.counters.handshake_rejected);
                 bump(&core.counters.auth_rejected);
+                core.note_refusal(why.reason());
                 tracing::debug!(%peer, reason = why.reason(), "unauthenticated");
                 reject(stream, unauthorized(why)).await;
                 return;
@@ -309,9 +329,20 @@ fn establish(
         older.is_some(),
         core.settings.one_session_per_user,
     );
+    // A session that this one replaces does not count against its address.
+    let credit = matches!(verdict, Ok(Older::Replace))
+        && older.as_ref().and_then(|o| core.session_ip(o)) == Some(peer.ip());
+    let verdict = match verdict {
+        Ok(_) if !core.per_ip.acquire(peer.ip(), credit) => {
+            bump(&core.counters.ip_rejected);
+            Err(Refusal::TooManyFromAddress)
+        }
+        v => v,
+    };
     match verdict {
         Err(why) => {
             bump(&core.counters.handshake_rejected);
+            core.note_refusal(why.reason());
             if why == Refusal::Duplicate {
                 bump(&core.counters.duplicates_rejected);
             }
@@ -328,6 +359,7 @@ fn establish(
     }
     permit.keep();
     let conn = core.register(stream, user.map(String::into_boxed_str));
+    core.remember_ip(&conn, peer.ip());
     let mut response = Vec::with_capacity(160);
     write_accept_response(&req, &mut response);
     conn.push_raw(Bytes::from(response));
@@ -359,11 +391,16 @@ fn service_unavailable(why: &str) -> Vec<u8> {
 
 /// The answer to a refused upgrade.
 fn refusal_response(why: &Refusal) -> Vec<u8> {
-    match why.status() {
-        403 => plain_answer("403 Forbidden", "", &why.to_string()),
-        409 => plain_answer("409 Conflict", "", &why.to_string()),
-        _ => service_unavailable(&why.to_string()),
-    }
+    let status = match why.status() {
+        403 => "403 Forbidden",
+        409 => "409 Conflict",
+        429 => "429 Too Many Requests",
+        _ => "503 Service Unavailable",
+    };
+    let retry = why
+        .retry_after()
+        .map_or(String::new(), |s| format!("Retry-After: {s}\r\n"));
+    plain_answer(status, &retry, &why.to_string())
 }
 
 /// A complete HTTP error response with a one-line text body, closing the connection.

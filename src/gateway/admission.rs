@@ -87,6 +87,13 @@ pub enum Refusal {
     Origin,
     #[error("origin required")]
     NoOrigin,
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
+    #[error("too many upgrade requests from this address")]
+    RequestRate {
+        /// Seconds until a request would pass (`Retry-After`).
+        retry_after: u32,
+    },
 }
 
 impl Refusal {
@@ -95,6 +102,29 @@ impl Refusal {
             Refusal::ShuttingDown | Refusal::NoUpstream => 503,
             Refusal::Duplicate => 409,
             Refusal::Origin | Refusal::NoOrigin => 403,
+            Refusal::TooManyFromAddress | Refusal::RequestRate { .. } => 429,
+        }
+    }
+
+    /// The refusal's name in logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::ShuttingDown => "shutting down",
+            Refusal::NoUpstream => "no upstream",
+            Refusal::Duplicate => "user already connected",
+            Refusal::Origin => "origin not allowed",
+            Refusal::NoOrigin => "origin required",
+            Refusal::TooManyFromAddress => "max_connections_per_ip",
+            Refusal::RequestRate { .. } => "handshake_rate_per_ip",
+        }
+    }
+
+    /// Seconds a client should wait before trying again, where that is known.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Refusal::ShuttingDown | Refusal::NoUpstream | Refusal::TooManyFromAddress => Some(1),
+            Refusal::RequestRate { retry_after } => Some(*retry_after),
+            Refusal::Duplicate | Refusal::Origin | Refusal::NoOrigin => None,
         }
     }
 }

@@ -7,18 +7,21 @@
 //! with it lives beside it: `receive`, `write`, `heartbeat`, `accept`, `link`.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthConfig, Verifier};
-use crate::config::{Config, OneSessionPerUser, RateLimitAction};
+use crate::config::{Config, OneSessionPerUser, RateLimit, RateLimitAction};
 use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
+use crate::gateway::per_ip::{AddressCounts, RequestRate};
 use crate::gateway::upstreams::Upstreams;
 use crate::gateway::CoreMsg;
 use crate::runtime::event::{Event, Notify};
 use crate::runtime::poller::Poller;
 use crate::runtime::registry::{Key, Registry};
+use crate::runtime::throttle::Throttled;
 use crate::runtime::wheel::Wheel;
 use crate::session::{Bucket, Rates, Timing};
 use crate::shard::user_hash;
@@ -43,6 +46,7 @@ pub struct Settings {
     pub rates: Rates,
     /// Who a client is (`[auth]`); the keys are the core's own, swapped on SIGHUP.
     pub auth: AuthConfig,
+    pub handshake_rate_per_ip: Option<RateLimit>,
 }
 
 impl Settings {
@@ -79,6 +83,7 @@ impl Settings {
                 close: cfg.rate_limit_action == RateLimitAction::Close,
             },
             auth: cfg.auth.clone(),
+            handshake_rate_per_ip: cfg.handshake_rate_per_ip,
         }
     }
 }
@@ -135,6 +140,10 @@ counters! {
     origin_rejected,
     /// Requests answered 401: no token, or one that did not verify (`[auth] mode = "jwt"`).
     auth_rejected,
+    /// Upgrades answered 429: their address already held `max_connections_per_ip` sessions.
+    ip_rejected,
+    /// Upgrade requests answered 429: over `handshake_rate_per_ip` on this core.
+    rate_rejected_handshakes,
     /// Client messages dropped over `message_rate`/`byte_rate` (`rate_limit_action = "drop"`).
     rate_limit_drops,
     /// Sessions closed with 1008 over `message_rate`/`byte_rate`.
@@ -176,6 +185,14 @@ pub struct Core {
     pub poller: Poller,
     /// The keys tokens are verified with; replaced whole when they are re-read.
     pub verifier: RefCell<Verifier>,
+    /// Sessions per client address, in the whole process.
+    pub per_ip: AddressCounts,
+    /// This core's upgrade-request buckets per address.
+    pub request_rate: RefCell<RequestRate>,
+    /// Each session's client address, by registry slot, while `per_ip` counts them.
+    session_ips: RefCell<FxHashMap<u32, IpAddr>>,
+    /// One throttled log line per refusal reason.
+    refusal_log: RefCell<FxHashMap<&'static str, Throttled>>,
 }
 
 /// The close code of a session replaced by a newer one of its user.
@@ -184,16 +201,32 @@ pub const REPLACED: u16 = 4409;
 /// Size of the shared read buffer; a read never asks for more than this at once.
 pub const READ_BUF: usize = 64 * 1024;
 
+/// What a core is given by the process: the cores' channels and the few things they share
+/// (admission state touched once per connection, never per message) or start from.
+pub struct Shared {
+    /// Senders to every core's control channel, this one included.
+    pub peers: Vec<flume::Sender<CoreMsg>>,
+    pub budget: Budget,
+    pub per_ip: AddressCounts,
+    /// The token keys as loaded at start.
+    pub verifier: Verifier,
+}
+
 impl Core {
     pub fn new(
         index: usize,
         settings: Rc<Settings>,
-        peers: Vec<flume::Sender<CoreMsg>>,
+        shared: Shared,
         upstream: Upstreams,
-        budget: Budget,
         poller: Poller,
-        verifier: Verifier,
     ) -> Core {
+        let rate_per_ip = settings.handshake_rate_per_ip;
+        let Shared {
+            peers,
+            budget,
+            per_ip,
+            verifier,
+        } = shared;
         Core {
             index,
             settings,
@@ -216,6 +249,10 @@ impl Core {
             read_buf: RefCell::new(bytes::BytesMut::new()),
             poller,
             verifier: RefCell::new(verifier),
+            per_ip,
+            request_rate: RefCell::new(RequestRate::new(rate_per_ip)),
+            session_ips: RefCell::new(FxHashMap::default()),
+            refusal_log: RefCell::new(FxHashMap::default()),
         }
     }
 
@@ -274,7 +311,40 @@ impl Core {
     }
 
     /// Removes an ended session and gives its place in the budget back.
+    /// Logs that connections are refused for `reason`, at most once per interval per reason, with
+    /// how many were held back meanwhile. Each refusal is also counted, and logged at debug level
+    /// where it happens.
+    pub fn note_refusal(&self, reason: &'static str) {
+        self.refusal_log
+            .borrow_mut()
+            .entry(reason)
+            .or_default()
+            .warn(|suppressed| {
+                tracing::info!(
+                    core = self.index,
+                    reason,
+                    suppressed,
+                    "refusing connections"
+                )
+            });
+    }
+
+    /// Counts the session against its client address while it lives (`max_connections_per_ip`).
+    pub fn remember_ip(&self, c: &Conn, ip: IpAddr) {
+        if self.per_ip.enabled() {
+            self.session_ips.borrow_mut().insert(c.key.slot, ip);
+        }
+    }
+
+    /// The client address a live session is counted under, if addresses are counted.
+    pub fn session_ip(&self, c: &Conn) -> Option<IpAddr> {
+        self.session_ips.borrow().get(&c.key.slot).copied()
+    }
+
     pub fn unregister(&self, c: &Conn) {
+        if let Some(ip) = self.session_ips.borrow_mut().remove(&c.key.slot) {
+            self.per_ip.release(ip);
+        }
         if let Some(user) = self.indexed_user(c) {
             let mut users = self.users.borrow_mut();
             let h = user_hash(user.as_bytes());

@@ -34,6 +34,7 @@ pub mod conn;
 pub mod core;
 mod heartbeat;
 pub mod link;
+pub mod per_ip;
 mod receive;
 pub mod upstreams;
 mod write;
@@ -136,6 +137,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
     let settings = Settings::from_config(cfg);
     let budget = admission::Budget::new(cfg.connection_limit());
     let verifier = crate::auth::Verifier::load(&cfg.auth)?;
+    let per_ip = per_ip::AddressCounts::new(cfg.max_connections_per_ip);
     let targets = Arc::new(upstreams::resolve(cfg).map_err(StartError::Upstream)?);
     let link_settings = LinkSettings::from_config(cfg);
     let workers = settings.workers;
@@ -178,6 +180,7 @@ pub fn start(cfg: &Config) -> Result<Server, StartError> {
             link_settings: link_settings.clone(),
             budget: budget.clone(),
             verifier: verifier.clone(),
+            per_ip: per_ip.clone(),
             admin: if index == 0 { admin.take() } else { None },
             uring_entries: cfg.uring_entries,
             ready: ready_tx.clone(),
@@ -207,6 +210,7 @@ struct Worker {
     link_settings: LinkSettings,
     budget: admission::Budget,
     verifier: crate::auth::Verifier,
+    per_ip: per_ip::AddressCounts,
     admin: Option<std::net::TcpListener>,
     uring_entries: u32,
     /// Told once every link of this core has made its first connect attempt.
@@ -236,14 +240,18 @@ impl Worker {
             }
         };
         let upstream = Upstreams::new(&self.targets, self.link_settings);
+        let shared = core::Shared {
+            peers: self.peers,
+            budget: self.budget,
+            per_ip: self.per_ip,
+            verifier: self.verifier,
+        };
         let core = Rc::new(Core::new(
             self.index,
             Rc::new(self.settings),
-            self.peers,
+            shared,
             upstream,
-            self.budget,
             poller,
-            self.verifier,
         ));
         monoio::spawn(core.clone().poll_readiness());
         let first_attempts = core.upstream.start(&core);
