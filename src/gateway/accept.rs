@@ -220,16 +220,17 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         .borrow_mut()
         .admit(peer.ip(), std::time::Instant::now());
     if let Err(retry_after) = rate {
-        bump(&core.counters.handshake_rejected);
-        bump(&core.counters.rate_rejected_handshakes);
-        core.note_refusal("handshake_rate_per_ip");
-        tracing::debug!(%peer, "upgrade request rate exceeded");
-        reject(
+        let why = Refusal::RequestRate { retry_after };
+        let counter = &core.counters.rate_rejected_handshakes;
+        return refuse(
+            &core,
             stream,
-            refusal_response(&Refusal::RequestRate { retry_after }),
+            peer,
+            counter,
+            why.reason(),
+            refusal_response(&why),
         )
         .await;
-        return;
     }
     let origin = req
         .headers
@@ -237,12 +238,16 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         .find(|(name, _)| name == "origin")
         .map(|(_, v)| v.as_slice());
     if let Err(why) = settings.origins.check(origin) {
-        bump(&core.counters.handshake_rejected);
-        bump(&core.counters.origin_rejected);
-        core.note_refusal(why.reason());
-        tracing::debug!(%peer, error = %why, "handshake refused");
-        reject(stream, refusal_response(&why)).await;
-        return;
+        let counter = &core.counters.origin_rejected;
+        return refuse(
+            &core,
+            stream,
+            peer,
+            counter,
+            why.reason(),
+            refusal_response(&why),
+        )
+        .await;
     }
     let identity = match core.settings.auth.mode {
         auth::Mode::None => Identity {
@@ -252,30 +257,25 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         auth::Mode::Jwt => match authenticate(&core, &mut req) {
             Ok(identity) => identity,
             Err(why) => {
-                bump(&core.counters.handshake_rejected);
-                bump(&core.counters.auth_rejected);
-                core.note_refusal(why.reason());
-                tracing::debug!(%peer, reason = why.reason(), "unauthenticated");
-                reject(stream, unauthorized(why)).await;
-                return;
+                let counter = &core.counters.auth_rejected;
+                return refuse(
+                    &core,
+                    stream,
+                    peer,
+                    counter,
+                    why.reason(),
+                    unauthorized(why),
+                )
+                .await;
             }
         },
     };
-    let Identity { user, claims } = identity;
-    let owner = match &user {
+    let owner = match &identity.user {
         Some(u) => shard::owner_core(u.as_bytes(), settings.workers),
         None => core.index,
     };
     if owner == core.index {
-        establish(
-            &core,
-            stream,
-            peer,
-            req,
-            Identity { user, claims },
-            buf,
-            permit,
-        );
+        establish(&core, stream, peer, req, identity, buf, permit);
         return;
     }
     bump(&core.counters.handed_off);
@@ -286,7 +286,7 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         fd,
         peer,
         req,
-        identity: Identity { user, claims },
+        identity,
         rest: buf,
         permit,
     }));
@@ -297,6 +297,23 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     if !sent {
         tracing::debug!(%peer, owner, "owning core is gone; dropping connection");
     }
+}
+
+/// Answers a refused upgrade request: counted (in all and by reason), logged (throttled per reason,
+/// and at debug level each), and answered politely.
+async fn refuse(
+    core: &Core,
+    stream: TcpStream,
+    peer: SocketAddr,
+    counter: &std::cell::Cell<u64>,
+    reason: &'static str,
+    response: Vec<u8>,
+) {
+    bump(&core.counters.handshake_rejected);
+    bump(counter);
+    core.note_refusal(reason);
+    tracing::debug!(%peer, reason, "handshake refused");
+    reject(stream, response).await;
 }
 
 /// Receives a socket handed over by another core.
