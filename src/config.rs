@@ -105,6 +105,15 @@ pub struct Config {
     /// Upgrade requests one client address may make, per worker: `{ rate = per second, burst }`;
     /// over it, 429. Off when absent.
     pub handshake_rate_per_ip: Option<RateLimit>,
+    /// Bytes of messages still being received that one worker holds at most (0 = a quarter of the
+    /// machine's memory, split over the workers); a read that takes a worker past it cuts the
+    /// connection it came from with 1008.
+    pub max_inflight_bytes: usize,
+    /// A message in progress for longer than `receive_grace` that arrived slower than this many
+    /// bytes a second is cut with 1008 (0 = off).
+    pub min_receive_rate: u32,
+    #[serde(with = "humantime_serde")]
+    pub receive_grace: Duration,
     /// Who a client is: the `[auth]` table (`mode = "none"` takes `?user=` as it comes).
     pub auth: AuthConfig,
 }
@@ -215,6 +224,9 @@ impl Default for Config {
             rate_limit_action: RateLimitAction::Close,
             max_connections_per_ip: 0,
             handshake_rate_per_ip: None,
+            max_inflight_bytes: 0,
+            min_receive_rate: 1024,
+            receive_grace: Duration::from_secs(10),
             auth: AuthConfig::default(),
         }
     }
@@ -423,6 +435,23 @@ impl Config {
             nofile.saturating_sub(own)
         };
         total.max(1)
+    }
+
+    /// The in-flight budget of one worker: `max_inflight_bytes`, or a quarter of the machine's
+    /// memory split over the workers.
+    pub fn inflight_budget(&self) -> usize {
+        if self.max_inflight_bytes > 0 {
+            return self.max_inflight_bytes;
+        }
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib.saturating_mul(1024))
+            })
+            .unwrap_or(1 << 30);
+        (total / 4 / self.worker_count().max(1)).max(self.max_message_size)
     }
 
     /// The configured instance id, or `hostname:pid`.

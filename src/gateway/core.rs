@@ -47,6 +47,11 @@ pub struct Settings {
     /// Who a client is (`[auth]`); the keys are the core's own, swapped on SIGHUP.
     pub auth: AuthConfig,
     pub handshake_rate_per_ip: Option<RateLimit>,
+    /// Bytes of incomplete messages this core holds at most.
+    pub inflight_budget: usize,
+    pub min_receive_rate: u32,
+    /// Seconds a message may take before `min_receive_rate` applies.
+    pub receive_grace: u32,
 }
 
 impl Settings {
@@ -84,6 +89,9 @@ impl Settings {
             },
             auth: cfg.auth.clone(),
             handshake_rate_per_ip: cfg.handshake_rate_per_ip,
+            inflight_budget: cfg.inflight_budget(),
+            min_receive_rate: cfg.min_receive_rate,
+            receive_grace: secs(cfg.receive_grace),
         }
     }
 }
@@ -144,6 +152,10 @@ counters! {
     ip_rejected,
     /// Upgrade requests answered 429: over `handshake_rate_per_ip` on this core.
     rate_rejected_handshakes,
+    /// Sessions cut with 1008 because a read took the core past `max_inflight_bytes`.
+    inflight_closes,
+    /// Sessions cut with 1008 because a message arrived slower than `min_receive_rate`.
+    slow_message_closes,
     /// Client messages dropped over `message_rate`/`byte_rate` (`rate_limit_action = "drop"`).
     rate_limit_drops,
     /// Sessions closed with 1008 over `message_rate`/`byte_rate`.
@@ -193,6 +205,8 @@ pub struct Core {
     session_ips: RefCell<FxHashMap<u32, IpAddr>>,
     /// One throttled log line per refusal reason.
     refusal_log: RefCell<FxHashMap<&'static str, Throttled>>,
+    /// Bytes of incomplete messages the core's sessions hold (their partial frames and fragments).
+    pub inflight: Cell<usize>,
 }
 
 /// The close code of a session replaced by a newer one of its user.
@@ -253,6 +267,7 @@ impl Core {
             request_rate: RefCell::new(RequestRate::new(rate_per_ip)),
             session_ips: RefCell::new(FxHashMap::default()),
             refusal_log: RefCell::new(FxHashMap::default()),
+            inflight: Cell::new(0),
         }
     }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::gateway::conn::{flag, Conn};
 use crate::gateway::core::{bump, Core};
+use crate::gateway::receive::{cut, held};
 use crate::runtime::contain::catch;
 use crate::session::Tick;
 use crate::ws::OpCode;
@@ -38,6 +39,17 @@ impl Core {
 
     fn heartbeat(&self, c: &Rc<Conn>, now: u32) {
         let mut st = c.state.borrow_mut();
+        let s = &self.settings;
+        if st
+            .session
+            .too_slow(held(&st), now, s.receive_grace, s.min_receive_rate)
+        {
+            bump(&self.counters.slow_message_closes);
+            tracing::debug!(session = c.id, "message arriving too slowly, cutting");
+            // Arms the close deadline's own entry.
+            cut(self, c, &mut st, "message too slow");
+            return;
+        }
         let next = match st.session.on_tick(now, &self.settings.timing) {
             Tick::Wait(next) => next,
             Tick::Ping(next) => {

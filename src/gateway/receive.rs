@@ -36,6 +36,7 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
         let mut st = c.state.borrow_mut();
         process(&core, &c, &mut st.session, &mut buf);
         st.pending = park(keep_partial(&core, &st.session, buf, false));
+        settle(&core, &c, &mut st, 0);
     } else {
         drop(buf);
     }
@@ -74,11 +75,10 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
         pass(&core, &c);
     }
     // A driver woken by a panic contained in the poller finds its session already released.
-    let end = c.state.borrow_mut().session.end();
-    let Some(end) = end else { return };
+    let Some(end) = release_receive(&core, &c) else {
+        return;
+    };
     core.unregister(&c);
-    // Writers may hold the connection a while longer; the receive buffers need not wait for them.
-    c.state.borrow_mut().pending = None;
     core.upstream.closed(&c, end.code, end.tell_upstream);
     tracing::debug!(session = c.id, code = end.code, "session ended");
 }
@@ -129,6 +129,7 @@ async fn parked(c: &Conn) {
 /// buffer may not have, so it marks the connection `FULL` instead.
 fn pass(core: &Rc<Core>, c: &Rc<Conn>) {
     let mut guard = c.state.borrow_mut();
+    let before = held(&guard);
     let State { session, pending } = &mut *guard;
     if !session.is_reading() || c.has(flag::BROKEN) {
         return;
@@ -159,6 +160,55 @@ fn pass(core: &Rc<Core>, c: &Rc<Conn>) {
         Ok(ReadOutcome::Eof) | Err(_) => session.on_peer_gone(),
     }
     *pending = park(keep_partial(core, session, buf, shared));
+    settle(core, c, &mut guard, before);
+}
+
+/// Bytes of incomplete messages a connection holds: its partial frame and its fragments.
+pub(super) fn held(st: &State) -> usize {
+    st.pending.as_ref().map_or(0, |p| p.len()) + st.session.fragments_held()
+}
+
+/// After a read: the core's in-flight count follows what the connection now holds (it held
+/// `before`), and a read that takes the core past its budget cuts the connection it came from. The
+/// clients that hold memory are the ones sending large messages, and the one that arrives at the
+/// limit is cut rather than the core growing; a client whose messages complete within a read holds
+/// nothing and is never cut.
+fn settle(core: &Core, c: &Rc<Conn>, st: &mut State, before: usize) {
+    let after = held(st);
+    core.inflight
+        .set(core.inflight.get().saturating_sub(before) + after);
+    st.session.on_partial(after, core.now());
+    if after > 0 && core.inflight.get() > core.settings.inflight_budget {
+        bump(&core.counters.inflight_closes);
+        tracing::debug!(
+            session = c.id,
+            held = after,
+            "in-flight budget exceeded, cutting"
+        );
+        cut(core, c, st, "too much data in flight");
+    }
+}
+
+/// Drops what a connection holds of incomplete messages and closes it with 1008 `reason`.
+pub(super) fn cut(core: &Core, c: &Rc<Conn>, st: &mut State, reason: &str) {
+    core.inflight
+        .set(core.inflight.get().saturating_sub(held(st)));
+    st.pending = None;
+    st.session.cut();
+    st.session.on_partial(0, core.now());
+    core.close_on(c, &mut st.session, 1008, reason);
+}
+
+/// Ends the session's receive side once: its buffers leave the core's in-flight count (writers may
+/// hold the connection a while longer; the receive buffers need not wait for them). `None` if it
+/// had already ended.
+fn release_receive(core: &Core, c: &Conn) -> Option<crate::session::End> {
+    let mut st = c.state.borrow_mut();
+    let held = held(&st);
+    let end = st.session.end()?;
+    core.inflight.set(core.inflight.get().saturating_sub(held));
+    st.pending = None;
+    Some(end)
 }
 
 /// What an incomplete frame leaves on the connection: its bytes, or nothing at all.
@@ -256,13 +306,11 @@ impl Core {
         tracing::error!(session = c.id, "connection task panicked; connection reset");
         self.abort(c);
         // A panic can leave the session borrowed only if it was raised inside the borrow, and
-        // unwinding has released that borrow by now; `try_` keeps even a bug there from panicking
-        // again.
-        let end = match c.state.try_borrow_mut() {
-            Ok(mut st) => st.session.end(),
-            Err(_) => return,
-        };
-        if let Some(end) = end {
+        // unwinding has released that borrow by now; a bug there must not panic again.
+        if c.state.try_borrow_mut().is_err() {
+            return;
+        }
+        if let Some(end) = release_receive(self, c) {
             self.unregister(c);
             self.upstream.closed(c, 1011, end.tell_upstream);
         }

@@ -176,6 +176,8 @@ pub struct Session {
     close_deadline: u32,
     /// Present only on a session with rate limits.
     meter: Option<Box<Meter>>,
+    /// Clock since which the session has held part of a message (`u32::MAX` while it holds none).
+    partial_since: u32,
 }
 
 impl Session {
@@ -190,6 +192,7 @@ impl Session {
             last_ping: now,
             close_deadline: u32::MAX,
             meter: None,
+            partial_since: u32::MAX,
         }
     }
 
@@ -250,6 +253,32 @@ impl Session {
     /// Our close frame is queued; nothing may follow it.
     pub fn close_sent(&self) -> bool {
         self.has(CLOSE_SENT)
+    }
+
+    /// Bytes of a fragmented message held by the decoder so far.
+    pub fn fragments_held(&self) -> usize {
+        self.decoder.fragments_held()
+    }
+
+    /// After a read: the session now holds `held` bytes of messages not yet complete. Starts or
+    /// ends the clock of [`Session::too_slow`].
+    pub fn on_partial(&mut self, held: usize, now: u32) {
+        if held == 0 {
+            self.partial_since = u32::MAX;
+        } else if self.partial_since == u32::MAX {
+            self.partial_since = now;
+        }
+    }
+
+    /// The slow-message rule: a message in progress for longer than `grace` seconds whose bytes
+    /// (`held`) arrived slower than `min_rate` bytes a second on average is cut, since a client
+    /// trickling a large message would hold memory for as long as it likes.
+    pub fn too_slow(&self, held: usize, now: u32, grace: u32, min_rate: u32) -> bool {
+        if held == 0 || self.partial_since == u32::MAX || min_rate == 0 {
+            return false;
+        }
+        let age = now.saturating_sub(self.partial_since);
+        age > grace && (held as u64) < u64::from(age) * u64::from(min_rate)
     }
 
     /// Bytes still missing from the frame being received, if one is partly read.
@@ -379,6 +408,13 @@ impl Session {
     /// died): nothing more is forwarded and no CLOSE goes to it.
     pub fn upstream_gone(&mut self) {
         self.state |= UPSTREAM_DONE;
+    }
+
+    /// The driver cut the session for what it holds (too much in flight, too slow): it reads
+    /// nothing more, and the fragments it held are dropped. The driver closes it with 1008.
+    pub fn cut(&mut self) {
+        self.phase = Phase::Failed;
+        self.decoder = Decoder::new();
     }
 
     /// The session ends. Returns what the game server is to be told, once: `None` if it had already

@@ -943,3 +943,49 @@ fn control_frames_and_a_session_without_limits_are_not_metered() {
     let mut buf = buf_of(&frames);
     assert_eq!(drain(&mut free, &mut buf).len(), 500);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow messages
+
+#[test]
+fn a_message_trickling_slower_than_the_minimum_rate_is_too_slow_after_the_grace() {
+    let mut s = Session::new(NOW);
+    assert!(!s.too_slow(0, NOW + 100, 10, 1024), "nothing held");
+    s.on_partial(4096, NOW);
+    assert!(!s.too_slow(4096, NOW + 10, 10, 1024), "within the grace");
+    assert!(
+        s.too_slow(4096, NOW + 11, 10, 1024),
+        "4096 B in 11 s is under 1 KiB/s"
+    );
+    assert!(
+        !s.too_slow(20_000, NOW + 11, 10, 1024),
+        "20 kB in 11 s is fast enough"
+    );
+    // The clock starts with the first byte held, not at each read.
+    s.on_partial(8192, NOW + 5);
+    assert!(s.too_slow(8192, NOW + 11, 10, 1024));
+    // Once the message completes, the next one starts afresh.
+    s.on_partial(0, NOW + 12);
+    s.on_partial(100, NOW + 20);
+    assert!(!s.too_slow(100, NOW + 25, 10, 1024));
+    assert!(!s.too_slow(100, NOW + 1000, 10, 0), "off");
+}
+
+#[test]
+fn a_cut_session_reads_nothing_more_and_drops_its_fragments() {
+    let mut s = Session::new(NOW);
+    let mut buf = buf_of(&[encode_client_frame(false, 0, OP_TEXT, MASK, b"part one ")]);
+    assert!(drain(&mut s, &mut buf).is_empty());
+    assert_eq!(s.fragments_held(), 9);
+    s.cut();
+    assert_eq!(s.fragments_held(), 0);
+    assert!(!s.is_open());
+    let mut buf = buf_of(&[
+        encode_client_frame(true, 0, OP_CONT, MASK, b"two"),
+        text("x"),
+    ]);
+    assert!(
+        drain(&mut s, &mut buf).is_empty(),
+        "a cut session decided an input"
+    );
+}

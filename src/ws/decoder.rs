@@ -249,6 +249,11 @@ impl Decoder {
         self.fragments.is_some()
     }
 
+    /// Bytes of the fragmented message in flight held so far (0 between messages).
+    pub fn fragments_held(&self) -> usize {
+        self.fragments.as_ref().map_or(0, |f| f.len())
+    }
+
     /// Bytes still missing to complete the current frame, if its header has
     /// been parsed. Counts from the last `decode` call, which unmasks every
     /// payload byte present.
