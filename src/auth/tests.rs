@@ -668,13 +668,15 @@ fn the_user_comes_from_the_user_claim() {
         user(json!(18446744073709551615u64)),
         Ok("18446744073709551615".into())
     );
-    for bad in [json!(""), json!(1.5), json!(true), json!(null)] {
+    for bad in [
+        json!(""),
+        json!(1.5),
+        json!(true),
+        json!(null),
+        json!(["a"]),
+        json!({"id": 1}),
+    ] {
         assert_eq!(user(bad.clone()), Err(Rejection::NoUser), "{bad}");
-    }
-    // jsonwebtoken reads `sub` as a string itself: an array or an object there makes the
-    // (correctly signed) claims malformed.
-    for bad in [json!(["a"]), json!({"id": 1})] {
-        assert_eq!(user(bad.clone()), Err(Rejection::Malformed), "{bad}");
     }
     let no_sub = mint(Algorithm::EdDSA, &json!({"exp": NOW + 60}));
     assert_eq!(v.verify(&no_sub, NOW), Err(Rejection::NoUser));
