@@ -220,6 +220,12 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     if !server.wait_ready(cfg.link_connect_timeout + Duration::from_secs(1)) {
         tracing::warn!("not every upstream link is up yet; clients get 503 until one is");
     }
+    if cfg.auth.mode == auth::Mode::None && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "no authentication ([auth] mode = \"none\"): any client can claim any user"
+        );
+    }
     tracing::info!(
         limit = cfg.connection_limit(),
         "connection limit (max_connections, for the whole process)"
@@ -240,12 +246,6 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if cfg.auth.mode == auth::Mode::None && !cfg.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %cfg.listen,
-            "no authentication ([auth] mode = \"none\"): any client can claim any user"
-        );
-    }
     for sig in signals.forever() {
         if sig == SIGHUP {
             // Only the token keys are re-read; sessions and every other setting stay.

@@ -45,3 +45,19 @@ fn run_without_an_upstream_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn listening_beyond_loopback_without_authentication_is_warned_about() {
+    // Bound on every address (the harness's gateways listen on loopback), and never connected to.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"));
+    cmd.args(["demo", "--listen", "0.0.0.0:0"]);
+    let open = Proc::spawn("ringgate", cmd);
+    open.wait_stderr("no authentication", START_TIMEOUT);
+    let local = Launch::demo().start();
+    // The warning would come before this line, in the same stream.
+    local.proc.wait_stderr("connection limit", START_TIMEOUT);
+    assert!(
+        !local.proc.stderr_text().contains("no authentication"),
+        "warned on loopback"
+    );
+}
