@@ -24,17 +24,13 @@ for side in A B; do
 done
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
-positive() { # name value
-  [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "ab: $1 must be a positive number" >&2; exit 2; }
-  echo "$2"
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 ROUNDS=$(positive AB_ROUNDS "${AB_ROUNDS:-5}")
 SECS=$(positive AB_SECONDS "${AB_SECONDS:-8}")
 IDLE_ROUNDS=$(positive AB_IDLE_ROUNDS "${AB_IDLE_ROUNDS:-3}")
 IDLE_CONNS=$(positive AB_IDLE_CONNS "${AB_IDLE_CONNS:-9000}")
 TAG=ab
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 LOAD=${AB_LOAD:-$(release_dir "$root")/ringgate-load}
 [ -x "$LOAD" ] || { echo "ab: no harness at $LOAD (cargo build --release -p ringgate-load, or set AB_LOAD)" >&2; exit 2; }
 OUT=${AB_OUT:-$(mktemp -d /tmp/ringgate-ab.XXXXXX)}

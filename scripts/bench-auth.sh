@@ -23,10 +23,8 @@
 set -euo pipefail
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
-positive() { # name value
-  [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench-auth: $1 must be a positive number" >&2; exit 2; }
-  echo "$2"
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 ROUNDS=$(positive BENCH_AUTH_ROUNDS "${BENCH_AUTH_ROUNDS:-4}")
 SECS=$(positive BENCH_AUTH_SECONDS "${BENCH_AUTH_SECONDS:-10}")
 WORKERS=$(positive BENCH_AUTH_WORKERS "${BENCH_AUTH_WORKERS:-64}")
@@ -37,8 +35,6 @@ MODES=(none hs256 es256)
 USER_ID=bench-user
 
 TAG=bench-auth
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 echo "bench-auth: building (release)"
 cargo build --release --quiet -p ringgate -p ringgate-load
 RG=$(release_dir "$root")/ringgate

@@ -66,3 +66,9 @@ load_echo64() { # label round seconds
   load "$1-echo64-d1.r$2" echo --conns 200 --size 64 --depth 1 --duration "$3"
   load "$1-echo64-d8.r$2" echo --conns 200 --size 64 --depth 8 --duration "$3"
 }
+
+# A positive whole number from the environment, or exit 2 naming the variable.
+positive() { # name value
+  [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "${0##*/}: $1 must be a positive number" >&2; exit 2; }
+  echo "$2"
+}

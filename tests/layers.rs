@@ -12,7 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("protocol", &[]),
     ("proxy_protocol", &[]),
     ("shard", &[]),
-    ("auth", &[]),
+    ("auth", &["ws"]),
     ("config", &["auth"]),
     ("runtime", &[]),
     ("session", &["ws"]),

@@ -109,33 +109,7 @@ fn percent_decode(input: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
     if !(input.contains('%') || plus_is_space && input.contains('+')) {
         return Some(Cow::Borrowed(input));
     }
-    let mut out = Vec::with_capacity(input.len());
-    let mut rest = input.as_bytes();
-    while let Some((&byte, tail)) = rest.split_first() {
-        rest = tail;
-        match byte {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' => match tail {
-                [hi, lo, after @ ..] => match (hex_value(*hi), hex_value(*lo)) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi << 4) | lo);
-                        rest = after;
-                    }
-                    _ => out.push(b'%'),
-                },
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
+    String::from_utf8(crate::ws::percent_decode(input.as_bytes(), plus_is_space))
+        .ok()
+        .map(Cow::Owned)
 }

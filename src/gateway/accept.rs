@@ -219,35 +219,25 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
         .request_rate
         .borrow_mut()
         .admit(peer.ip(), std::time::Instant::now());
-    if let Err(retry_after) = rate {
-        let why = Refusal::RequestRate { retry_after };
-        let counter = &core.counters.rate_rejected_handshakes;
-        return refuse(
-            &core,
-            stream,
-            peer,
-            counter,
-            why.reason(),
-            refusal_response(&why),
-        )
-        .await;
-    }
     let origin = req
         .headers
         .iter()
         .find(|(name, _)| name == "origin")
         .map(|(_, v)| v.as_slice());
-    if let Err(why) = settings.origins.check(origin) {
-        let counter = &core.counters.origin_rejected;
-        return refuse(
-            &core,
-            stream,
-            peer,
-            counter,
-            why.reason(),
-            refusal_response(&why),
-        )
-        .await;
+    let refusal = match rate {
+        Err(retry_after) => Some((
+            &core.counters.rate_rejected_handshakes,
+            Refusal::RequestRate { retry_after },
+        )),
+        Ok(()) => settings
+            .origins
+            .check(origin)
+            .err()
+            .map(|why| (&core.counters.origin_rejected, why)),
+    };
+    if let Some((counter, why)) = refusal {
+        let response = refusal_response(&why);
+        return refuse(&core, stream, peer, counter, why.reason(), response).await;
     }
     let identity = match core.settings.auth.mode {
         auth::Mode::None => Identity {

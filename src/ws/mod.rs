@@ -21,7 +21,7 @@ pub use frame::{
     apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, OpCode, MAX_HEADER_LEN,
 };
 pub use handshake::{
-    accept_key, parse_request, query_param, write_accept_response, HandshakeConfig, HandshakeError,
-    ParseOutcome, UpgradeRequest,
+    accept_key, parse_request, percent_decode, query_param, write_accept_response, HandshakeConfig,
+    HandshakeError, ParseOutcome, UpgradeRequest,
 };
 pub use utf8::{Utf8Error, Utf8Validator};

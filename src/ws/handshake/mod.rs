@@ -11,6 +11,7 @@ pub mod response;
 
 pub use accept::accept_key;
 pub use request::{
-    parse_request, query_param, HandshakeConfig, HandshakeError, ParseOutcome, UpgradeRequest,
+    parse_request, percent_decode, query_param, HandshakeConfig, HandshakeError, ParseOutcome,
+    UpgradeRequest,
 };
 pub use response::write_accept_response;

@@ -248,17 +248,19 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(key, _)| form_decode(key.as_bytes()) == name.as_bytes())
-        .and_then(|(_, value)| String::from_utf8(form_decode(value.as_bytes())).ok())
+        .find(|(key, _)| percent_decode(key.as_bytes(), true) == name.as_bytes())
+        .and_then(|(_, value)| String::from_utf8(percent_decode(value.as_bytes(), true)).ok())
 }
 
-fn form_decode(input: &[u8]) -> Vec<u8> {
+/// Decodes `%XX` (and `+` as a space when `plus_is_space`, as in a query string), leaving a `%`
+/// without two hex digits as it is.
+pub fn percent_decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut rest = input;
     while let Some((&byte, tail)) = rest.split_first() {
         rest = tail;
         match byte {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => match tail {
                 [hi, lo, after @ ..] => match (hex_value(*hi), hex_value(*lo)) {
                     (Some(hi), Some(lo)) => {
