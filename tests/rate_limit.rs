@@ -72,6 +72,10 @@ fn with_drop_the_excess_is_dropped_counted_and_the_session_goes_on() {
         assert_eq!(op, OP_TEXT);
     }
     assert_eq!(stats.counter("rate_limit_closes"), 0);
+    assert!(
+        stats.counter("rate_limit_pauses") > 0,
+        "the flooder was read on instead of paused: {stats}"
+    );
     // The session is still open.
     send_close(&mut flooder, 1000, b"");
     assert_eq!(expect_close(&mut flooder, 1000).close_code(), Some(1000));

@@ -160,6 +160,8 @@ counters! {
     rate_limit_drops,
     /// Sessions closed with 1008 over `message_rate`/`byte_rate`.
     rate_limit_closes,
+    /// Times a session over its rate limits with `drop` was left unread until its buckets refilled.
+    rate_limit_pauses,
 }
 
 pub fn bump(c: &Cell<u64>) {

@@ -55,6 +55,15 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
                 wait_gate(&c, &gate).await;
             }
         }
+        // Over its rate limits with `drop`: not read until its buckets refill (see
+        // `Session::read_paused_until`), so a flood costs the core nothing meanwhile.
+        let paused = c.state.borrow().session.read_paused_until(core.now());
+        if let Some(until) = paused {
+            bump(&core.counters.rate_limit_pauses);
+            let wait = u64::from(until - core.now());
+            monoio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            continue;
+        }
         if c.has(flag::FULL) {
             // The last read filled the buffer and the socket may hold more: wait for it through
             // the runtime's own poll rather than read again at once, so that a client keeping its
@@ -93,13 +102,25 @@ pub fn on_readable(core: &Rc<Core>, c: &Rc<Conn>, peer_done: bool) {
         c.set(flag::PEER_DONE);
     }
     c.set(flag::READABLE);
-    if c.has(flag::PARKED) && core.upstream.backpressure(c).is_none() {
+    let paused = c
+        .state
+        .borrow()
+        .session
+        .read_paused_until(core.now())
+        .is_some();
+    if c.has(flag::PARKED) && !paused && core.upstream.backpressure(c).is_none() {
         // The driver task's own containment does not cover this frame of the stack.
         if crate::runtime::contain::catch(|| pass(core, c)).is_none() {
             core.release_after_panic(c);
         }
         let leftover = flag::FULL | flag::BROKEN | flag::READABLE | flag::PEER_DONE;
-        if !c.has(leftover) && c.state.borrow().session.is_reading() {
+        let (reading, paused) = {
+            let st = c.state.borrow();
+            let paused = st.session.read_paused_until(core.now()).is_some();
+            (st.session.is_reading(), paused)
+        };
+        // A session the read left paused is the driver's to wait for.
+        if !c.has(leftover) && reading && !paused {
             return;
         }
     }

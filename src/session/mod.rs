@@ -92,6 +92,10 @@ struct Meter {
     messages: u64,
     bytes: u64,
     at: u32,
+    /// After a dropped message: the clock until which the client is not read at all, so that TCP
+    /// holds the rest of a flood in its kernel buffers instead of the core reading it only to
+    /// drop it.
+    paused_until: u32,
 }
 
 impl Meter {
@@ -101,6 +105,7 @@ impl Meter {
             messages: rates.messages.map_or(0, |b| u64::from(b.burst)),
             bytes: rates.bytes.map_or(0, |b| u64::from(b.burst)),
             at: now,
+            paused_until: 0,
         }
     }
 
@@ -216,8 +221,18 @@ impl Session {
         if close {
             self.phase = Phase::Failed;
             buf.clear();
+        } else {
+            // The buckets refill in whole seconds: nothing more can pass before the next one.
+            meter.paused_until = self.last_rx.saturating_add(1);
         }
         Some(Received::OverRate { close })
+    }
+
+    /// Until when the client must not be read (a session over its rate limits with `drop`): the
+    /// driver waits instead of reading, and what is already buffered is dropped as it decodes.
+    pub fn read_paused_until(&self, now: u32) -> Option<u32> {
+        let until = self.meter.as_ref()?.paused_until;
+        (until > now).then_some(until)
     }
 
     fn has(&self, bit: u8) -> bool {

@@ -989,3 +989,28 @@ fn a_cut_session_reads_nothing_more_and_drops_its_fragments() {
         "a cut session decided an input"
     );
 }
+
+#[test]
+fn a_drop_pauses_reading_until_the_next_refill_and_close_does_not() {
+    let mut s = limited(Some((1, 1)), None, false);
+    s.on_read(NOW);
+    assert_eq!(s.read_paused_until(NOW), None);
+    let mut buf = buf_of(&[text("a"), text("b")]);
+    drain(&mut s, &mut buf);
+    assert_eq!(
+        s.read_paused_until(NOW),
+        Some(NOW + 1),
+        "a drop pauses the reads"
+    );
+    assert_eq!(s.read_paused_until(NOW + 1), None, "until the next second");
+    let mut c = limited(Some((1, 1)), None, true);
+    c.on_read(NOW);
+    let mut buf = buf_of(&[text("a"), text("b")]);
+    drain(&mut c, &mut buf);
+    assert_eq!(
+        c.read_paused_until(NOW),
+        None,
+        "a closing session is not paused, it is done"
+    );
+    assert_eq!(Session::new(NOW).read_paused_until(NOW), None);
+}
