@@ -70,9 +70,7 @@ for name, token in (("hs256", jwt.encode(claims, secret, algorithm="HS256")),
 PY
 chmod 600 "$OUT/hs256.secret"
 
-# One config per mode (listen, workers, upstream and the timeouts come from start_ringgate's flags),
-# and a wrapper that gives it to `run`: start_ringgate starts `BINARY echo-upstream` and `BINARY
-# run`, and the wrapper execs ringgate, so the measured pid is the proxy's.
+# One config per mode (listen, workers, upstream and the timeouts come from start_ringgate's flags).
 for m in "${MODES[@]}"; do
   {
     echo 'one_session_per_user = "allow"'
@@ -84,12 +82,6 @@ for m in "${MODES[@]}"; do
     esac
   } >"$OUT/$m.toml"
   "$RG" check-config "$OUT/$m.toml" >/dev/null
-  cat >"$OUT/ringgate-$m" <<EOF
-#!/bin/sh
-if [ "\$1" = run ]; then shift; exec "$RG" run --config "$OUT/$m.toml" "\$@"; fi
-exec "$RG" "\$@"
-EOF
-  chmod +x "$OUT/ringgate-$m"
 done
 
 {
@@ -108,7 +100,7 @@ order() { # round
 
 for r in $(seq "$ROUNDS"); do
   for m in $(order "$r"); do
-    start_ringgate "$OUT/ringgate-$m"
+    start_ringgate "$RG" "$OUT/$m.toml"
     # The URL's own query comes before load's per-worker `user={i}`, and ringgate takes the first
     # `user`: every connection is USER_ID's, as in the jwt modes (which ignore `?user=`).
     URL="$URL?user=$USER_ID"

@@ -32,19 +32,12 @@ LOAD=$(release_dir "$root")/ringgate-load
 
 FLOOD_PID=
 cleanup() {
-  [ -n "$FLOOD_PID" ] && kill "$FLOOD_PID" 2>/dev/null || true
+  if [ -n "$FLOOD_PID" ]; then kill "$FLOOD_PID" 2>/dev/null || true; fi
   kill_ringgate
 }
 trap cleanup EXIT
 
-# The rate limit comes from a config file; start_ringgate runs `BINARY run`, so a wrapper adds it.
 printf 'message_rate = { rate = 100, burst = 200 }\nrate_limit_action = "drop"\n' >"$OUT/flood.toml"
-cat >"$OUT/ringgate" <<WRAP
-#!/usr/bin/env bash
-if [ "\$1" = run ]; then shift; exec "$RG" run --config "$OUT/flood.toml" "\$@"; fi
-exec "$RG" "\$@"
-WRAP
-chmod +x "$OUT/ringgate"
 
 # One client sending 1 KiB masked binary frames as fast as it can for SECONDS, reading (and
 # discarding) what comes back so that it is never closed for not reading; prints what it sent.
@@ -83,7 +76,7 @@ for r in $(seq 1 "$ROUNDS"); do
   order=(alone flood)
   (( r % 2 == 0 )) && order=(flood alone)
   for mode in "${order[@]}"; do
-    start_ringgate "$OUT/ringgate"
+    start_ringgate "$RG" "$OUT/flood.toml"
     if [ "$mode" = flood ]; then
       flood "$URL" $((SECS + 4))
     fi

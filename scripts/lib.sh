@@ -15,20 +15,22 @@ first_line() { # fifo
   echo "$line"
 }
 
-# `BINARY echo-upstream` (one worker) and `BINARY run --workers 2` in front of it. Sets URL, and
+# `BINARY echo-upstream` (one worker) and `BINARY run --workers 2` (with CONFIG-FILE, if given) in
+# front of it. Sets URL, and
 # PIDS to the proxy's process alone (the harness measures its CPU and memory, not the echo
 # server's); both processes are in RG_PIDS for stop_ringgate and the caller's cleanup.
 RG_PIDS=()
 URL='' PIDS=''
-start_ringgate() { # binary
-  local up_fifo rg_fifo up pid
+start_ringgate() { # binary [config-file]
+  local up_fifo rg_fifo up pid config=()
+  [ $# -ge 2 ] && config=(--config "$2")
   up_fifo=$(mktemp -u "$OUT/up.XXXX"); rg_fifo=$(mktemp -u "$OUT/rg.XXXX")
   mkfifo "$up_fifo" "$rg_fifo"
   "$1" echo-upstream --listen 127.0.0.1:0 --workers 1 >"$up_fifo" 2>>"$OUT/echo-upstream.log" &
   RG_PIDS+=($!)
   exec 7<>"$up_fifo"
   up=$(first_line /dev/fd/7 | awk '{print $NF}')
-  "$1" run --listen 127.0.0.1:0 --workers 2 --upstream "$up" \
+  "$1" run "${config[@]}" --listen 127.0.0.1:0 --workers 2 --upstream "$up" \
     --ping-interval 1h --idle-timeout 2h >"$rg_fifo" 2>>"$OUT/ringgate.log" &
   pid=$!; RG_PIDS+=("$pid")
   exec 8<>"$rg_fifo"
