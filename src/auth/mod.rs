@@ -135,18 +135,6 @@ pub enum Found {
     Cookie,
 }
 
-impl Found {
-    /// A short stable name for logs and counters.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Found::Authorization => "authorization",
-            Found::Subprotocol => "subprotocol",
-            Found::Query => "query",
-            Found::Cookie => "cookie",
-        }
-    }
-}
-
 /// Who a verified token says the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -51,7 +51,8 @@ impl Budget {
         self.held.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 
