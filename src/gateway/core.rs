@@ -318,16 +318,23 @@ impl Core {
             .borrow_mut()
             .insert_with(|key| Rc::new(Conn::new(stream, id, key, user, now, self.settings.rates)));
         if let Some(user) = self.indexed_user(&conn) {
-            self.users
-                .borrow_mut()
-                .insert(user_hash(user.as_bytes()), key);
+            // Two users whose hashes collide: the one indexed first keeps its place, so a user
+            // cannot push another out of the rule by choosing a colliding name (the newcomer is
+            // the one that goes unindexed).
+            let h = user_hash(user.as_bytes());
+            let held = self.users.borrow().get(&h).copied();
+            let other = held
+                .and_then(|k| self.get(k))
+                .is_some_and(|o| o.user != conn.user);
+            if !other {
+                self.users.borrow_mut().insert(h, key);
+            }
         }
         let due = conn.state.borrow().session.first_due(&self.settings.timing);
         self.wheel.borrow_mut().insert(key, due);
         conn
     }
 
-    /// Removes an ended session and gives its place in the budget back.
     /// Logs that connections are refused for `reason`, at most once per interval per reason, with
     /// how many were held back meanwhile. Each refusal is also counted, and logged at debug level
     /// where it happens.
@@ -358,6 +365,7 @@ impl Core {
         self.session_ips.borrow().get(&c.key.slot).copied()
     }
 
+    /// Removes an ended session and gives its place in the budget back.
     pub fn unregister(&self, c: &Conn) {
         if let Some(ip) = self.session_ips.borrow_mut().remove(&c.key.slot) {
             self.per_ip.release(ip);
