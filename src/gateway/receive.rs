@@ -102,13 +102,9 @@ pub fn on_readable(core: &Rc<Core>, c: &Rc<Conn>, peer_done: bool) {
         c.set(flag::PEER_DONE);
     }
     c.set(flag::READABLE);
-    let paused = c
-        .state
-        .borrow()
-        .session
-        .read_paused_until(core.now())
-        .is_some();
-    if c.has(flag::PARKED) && !paused && core.upstream.backpressure(c).is_none() {
+    // A parked driver is never one whose session is paused (over its rate limits): the driver
+    // waits out a pause before it parks.
+    if c.has(flag::PARKED) && core.upstream.backpressure(c).is_none() {
         // The driver task's own containment does not cover this frame of the stack.
         if crate::runtime::contain::catch(|| pass(core, c)).is_none() {
             core.release_after_panic(c);
