@@ -1,6 +1,7 @@
 //! A slow-message attack (the start of many large messages, then silence) against the real binary:
 //! the memory held for messages still arriving stays within `max_inflight_bytes` per worker, the
-//! connections over it are cut with 1008, and well-behaved clients keep echoing meanwhile.
+//! slowest holders are cut with 1008 while a fast one is only held back, and well-behaved clients
+//! keep echoing meanwhile.
 
 mod support;
 
@@ -130,8 +131,8 @@ fn a_slow_message_attack_is_held_to_the_budget_while_others_echo() {
 
 #[test]
 fn a_message_trickling_in_slower_than_min_receive_rate_is_cut() {
+    // The default ping interval (far longer than the grace): the rule does not wait for pings.
     let g = Launch::demo()
-        .args(&["--ping-interval", "1s"])
         .config("min_receive_rate = 1024\nreceive_grace = \"1s\"\n")
         .start();
     let mut slow = raw_upgrade_path(g.addr(), &g.target("slow"), &[]).0;
@@ -145,4 +146,80 @@ fn a_message_trickling_in_slower_than_min_receive_rate_is_cut() {
     assert_eq!(close.close(), Some((1008, "message too slow".to_string())));
     quick.check_echo("after");
     assert_eq!(g.stats().counter("slow_message_closes"), 1);
+}
+
+#[test]
+fn under_pressure_the_biggest_holder_is_held_back_and_the_slowest_are_cut() {
+    const LIMIT: usize = 4 << 20;
+    const QUIET: usize = 8;
+    const PART: usize = 400 << 10;
+    const UPLOAD: usize = 1 << 20;
+    let g = Launch::demo()
+        .args(&[
+            "--workers",
+            "1",
+            "--max-message-size",
+            &(2 * UPLOAD).to_string(),
+        ])
+        .config(&format!(
+            "max_inflight_bytes = {LIMIT}\none_session_per_user = \"allow\"\n"
+        ))
+        .start();
+    // Eight clients each send 400 KiB of a 1 MiB message and go quiet: 3.2 MiB held, past the
+    // three quarters of the budget where the core starts holding back.
+    let mut quiet: Vec<_> = (0..QUIET)
+        .map(|_| {
+            let mut s = raw_upgrade_path(g.addr(), &g.target("quiet"), &[]).0;
+            let mut start = frame_header(true, 0, OP_BINARY, DECLARED, Some([7, 7, 7, 7]));
+            start.extend_from_slice(&vec![0u8; PART]);
+            s.write_all(&start).unwrap();
+            s
+        })
+        .collect();
+    g.wait_stats(
+        "the quiet clients' parts held",
+        Duration::from_secs(10),
+        |s| s.inflight_bytes() as usize >= QUIET * PART,
+    );
+    // A ninth streams a whole 1 MiB message, faster than any of them: it holds the most, so it
+    // is held back rather than read on past the budget, and then it is not the one cut.
+    let payload = binary_of_len(UPLOAD);
+    let upload = frame_bytes(true, 0, OP_BINARY, &payload, true);
+    let mut uploader = raw_upgrade_path(g.addr(), &g.target("uploader"), &[]).0;
+    let mut writer = uploader.try_clone().unwrap();
+    let sending = std::thread::spawn(move || writer.write_all(&upload));
+    g.wait_stats("the uploader held back", Duration::from_secs(10), |s| {
+        s.counter("inflight_pauses") >= 1
+    });
+    // Within a heartbeat the slowest holders are cut, the core drops under half its budget and
+    // the uploader's message completes.
+    uploader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (op, echoed) = read_message(&mut uploader);
+    assert_eq!(op, OP_BINARY);
+    assert!(echoed == payload, "the uploader's echo differs");
+    sending.join().unwrap().unwrap();
+    let stats = g.stats();
+    let cut = stats.counter("inflight_closes") as usize;
+    assert!(
+        (1..QUIET).contains(&cut),
+        "{cut} cut: some quiet clients, and only as many as bring the core under half: {stats}"
+    );
+    let mut told = 0;
+    for s in &mut quiet {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        if let Ok(f) = try_read_frame(s) {
+            assert_eq!(
+                f.close(),
+                Some((1008, "too much data in flight".to_string()))
+            );
+            told += 1;
+        }
+    }
+    assert_eq!(
+        told, cut,
+        "every cut client, and only those, saw the 1008 close"
+    );
 }

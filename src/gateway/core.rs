@@ -15,6 +15,7 @@ use crate::auth::{AuthConfig, Verifier};
 use crate::config::{Config, OneSessionPerUser, RateLimit, RateLimitAction};
 use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
+use crate::gateway::inflight::Inflight;
 use crate::gateway::per_ip::{AddressCounts, RequestRate};
 use crate::gateway::upstreams::Upstreams;
 use crate::gateway::CoreMsg;
@@ -152,8 +153,12 @@ counters! {
     ip_rejected,
     /// Upgrade requests answered 429: over `handshake_rate_per_ip` on this core.
     rate_rejected_handshakes,
-    /// Sessions cut with 1008 because a read took the core past `max_inflight_bytes`.
+    /// Sessions cut with 1008 as the slowest holders of incomplete messages while the core was
+    /// over `max_inflight_bytes` (or under pressure for a whole second).
     inflight_closes,
+    /// Reads put off because the core was near `max_inflight_bytes` and the session held at
+    /// least its share of it.
+    inflight_pauses,
     /// Sessions cut with 1008 because a message arrived slower than `min_receive_rate`.
     slow_message_closes,
     /// Client messages dropped over `message_rate`/`byte_rate` (`rate_limit_action = "drop"`).
@@ -208,7 +213,7 @@ pub struct Core {
     /// One throttled log line per refusal reason.
     refusal_log: RefCell<FxHashMap<&'static str, Throttled>>,
     /// Bytes of incomplete messages the core's sessions hold (their partial frames and fragments).
-    pub inflight: Cell<usize>,
+    pub inflight: Inflight,
 }
 
 /// The close code of a session replaced by a newer one of its user.
@@ -237,6 +242,7 @@ impl Core {
         poller: Poller,
     ) -> Core {
         let rate_per_ip = settings.handshake_rate_per_ip;
+        let inflight_budget = settings.inflight_budget;
         let Shared {
             peers,
             budget,
@@ -269,7 +275,7 @@ impl Core {
             request_rate: RefCell::new(RequestRate::new(rate_per_ip)),
             session_ips: RefCell::new(FxHashMap::default()),
             refusal_log: RefCell::new(FxHashMap::default()),
-            inflight: Cell::new(0),
+            inflight: Inflight::new(inflight_budget),
         }
     }
 

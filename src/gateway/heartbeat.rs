@@ -1,6 +1,6 @@
 //! The heartbeat: once a second the core's clock advances and the timer wheel's due entries are
 //! handed to their sessions, whose decisions (ping, close as idle, reset after an unanswered close)
-//! are applied here.
+//! are applied here, and the in-flight budget is swept (`Core::sweep_inflight`).
 //!
 //! Owns the ticker task. Decides nothing itself (`Session::on_tick` does) and holds no timer per
 //! connection: one wheel entry each (`runtime::wheel`).
@@ -12,7 +12,6 @@ use bytes::Bytes;
 
 use crate::gateway::conn::{flag, Conn};
 use crate::gateway::core::{bump, Core};
-use crate::gateway::receive::{cut, held};
 use crate::runtime::contain::catch;
 use crate::session::Tick;
 use crate::ws::OpCode;
@@ -25,6 +24,11 @@ impl Core {
             interval.tick().await;
             let from = self.advance_clock();
             let now = self.now();
+            if catch(|| self.sweep_inflight(now)).is_none() {
+                // A bug there must not stop the heartbeat: the sweep runs again next second.
+                bump(&self.counters.panics);
+                tracing::error!("in-flight sweep panicked");
+            }
             for t in from + 1..=now {
                 let due = self.wheel.borrow_mut().take_due(t, now);
                 for key in due {
@@ -39,17 +43,6 @@ impl Core {
 
     fn heartbeat(&self, c: &Rc<Conn>, now: u32) {
         let mut st = c.state.borrow_mut();
-        let s = &self.settings;
-        if st
-            .session
-            .too_slow(held(&st), now, s.receive_grace, s.min_receive_rate)
-        {
-            bump(&self.counters.slow_message_closes);
-            tracing::debug!(session = c.id, "message arriving too slowly, cutting");
-            // Arms the close deadline's own entry.
-            cut(self, c, &mut st, "message too slow");
-            return;
-        }
         let next = match st.session.on_tick(now, &self.settings.timing) {
             Tick::Wait(next) => next,
             Tick::Ping(next) => {

@@ -33,6 +33,7 @@ pub mod admission;
 pub mod conn;
 pub mod core;
 mod heartbeat;
+mod inflight;
 pub mod link;
 pub mod per_ip;
 mod receive;
@@ -63,6 +64,8 @@ pub struct CoreSnapshot {
     pub core: usize,
     pub driver: String,
     pub sessions: usize,
+    /// Bytes of messages still arriving (`max_inflight_bytes` bounds them).
+    pub inflight_bytes: usize,
     pub counters: std::collections::BTreeMap<String, u64>,
     pub upstreams: Vec<LinkSnapshot>,
     /// (session id, user) of every open session, when asked for.
@@ -310,6 +313,7 @@ fn snapshot(core: &Core, driver: &str, with_sessions: bool) -> CoreSnapshot {
         core: core.index,
         driver: driver.to_string(),
         sessions: core.live_sessions(),
+        inflight_bytes: core.inflight.total(),
         counters: core
             .counters
             .named()

@@ -55,6 +55,16 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
                 wait_gate(&c, &gate).await;
             }
         }
+        // Holding its share of a core that nears its in-flight budget: not read until the core
+        // is back under half of it, or until the session is closed meanwhile (its client's close
+        // must still be read).
+        if open
+            && core.inflight.holds_back(|| held(&c.state.borrow()))
+            && !c.state.borrow().session.close_sent()
+        {
+            bump(&core.counters.inflight_pauses);
+            wait_gate(&c, core.inflight.gate()).await;
+        }
         // Over its rate limits with `drop`: not read until its buckets refill (see
         // `Session::read_paused_until`), so a flood costs the core nothing meanwhile.
         let paused = c.state.borrow().session.read_paused_until(core.now());
@@ -82,6 +92,7 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
             break;
         }
         pass(&core, &c);
+        core.shed_if_over();
     }
     // A driver woken by a panic contained in the poller finds its session already released.
     let Some(end) = release_receive(&core, &c) else {
@@ -104,11 +115,15 @@ pub fn on_readable(core: &Rc<Core>, c: &Rc<Conn>, peer_done: bool) {
     c.set(flag::READABLE);
     // A parked driver is never one whose session is paused (over its rate limits): the driver
     // waits out a pause before it parks.
-    if c.has(flag::PARKED) && core.upstream.backpressure(c).is_none() {
+    if c.has(flag::PARKED)
+        && core.upstream.backpressure(c).is_none()
+        && !core.inflight.holds_back(|| held(&c.state.borrow()))
+    {
         // The driver task's own containment does not cover this frame of the stack.
         if crate::runtime::contain::catch(|| pass(core, c)).is_none() {
             core.release_after_panic(c);
         }
+        core.shed_if_over();
         let leftover = flag::FULL | flag::BROKEN | flag::READABLE | flag::PEER_DONE;
         let (reading, paused) = {
             let st = c.state.borrow();
@@ -162,8 +177,10 @@ fn pass(core: &Rc<Core>, c: &Rc<Conn>) {
             own
         }
     };
-    let room = buf.capacity() - buf.len();
-    match sys::read_into(sys::fd(&c.stream), &mut buf) {
+    // A large frame's own buffer has room for all of it, but a read takes at most what the
+    // shared buffer would: the in-flight budget sees each connection grow a read at a time.
+    let room = (buf.capacity() - buf.len()).min(READ_BUF);
+    match sys::read_at_most(sys::fd(&c.stream), &mut buf, room) {
         Ok(ReadOutcome::Data(n)) => {
             if n == room {
                 c.set(flag::FULL);
@@ -186,30 +203,16 @@ pub(super) fn held(st: &State) -> usize {
 }
 
 /// After a read: the core's in-flight count follows what the connection now holds (it held
-/// `before`), and a read that takes the core past its budget cuts the connection it came from. The
-/// clients that hold memory are the ones sending large messages, and the one that arrives at the
-/// limit is cut rather than the core growing; a client whose messages complete within a read holds
-/// nothing and is never cut.
-fn settle(core: &Core, c: &Rc<Conn>, st: &mut State, before: usize) {
+/// `before`). A client whose messages complete within a read holds nothing.
+fn settle(core: &Core, c: &Conn, st: &mut State, before: usize) {
     let after = held(st);
-    core.inflight
-        .set(core.inflight.get().saturating_sub(before) + after);
+    core.inflight.update(c.key, before, after);
     st.session.on_partial(after, core.now());
-    if after > 0 && core.inflight.get() > core.settings.inflight_budget {
-        bump(&core.counters.inflight_closes);
-        tracing::debug!(
-            session = c.id,
-            held = after,
-            "in-flight budget exceeded, cutting"
-        );
-        cut(core, c, st, "too much data in flight");
-    }
 }
 
 /// Drops what a connection holds of incomplete messages and closes it with 1008 `reason`.
-pub(super) fn cut(core: &Core, c: &Rc<Conn>, st: &mut State, reason: &str) {
-    core.inflight
-        .set(core.inflight.get().saturating_sub(held(st)));
+fn cut(core: &Core, c: &Rc<Conn>, st: &mut State, reason: &str) {
+    core.inflight.update(c.key, held(st), 0);
     st.pending = None;
     st.session.cut();
     st.session.on_partial(0, core.now());
@@ -223,7 +226,7 @@ fn release_receive(core: &Core, c: &Conn) -> Option<crate::session::End> {
     let mut st = c.state.borrow_mut();
     let held = held(&st);
     let end = st.session.end()?;
-    core.inflight.set(core.inflight.get().saturating_sub(held));
+    core.inflight.update(c.key, held, 0);
     st.pending = None;
     Some(end)
 }
@@ -316,6 +319,74 @@ async fn wait_gate(c: &Conn, gate: &Gate) {
 }
 
 impl Core {
+    /// A read took the core past its whole in-flight budget: the slowest holders go at once.
+    fn shed_if_over(&self) {
+        if self.inflight.over_limit() {
+            self.shed();
+        }
+    }
+
+    /// Cuts the holders of incomplete messages that arrive the slowest (the lowest average rate
+    /// of the message in progress: a client that sent part of a large message and went quiet
+    /// sinks to the bottom within seconds, one streaming a large upload stays on top) until the
+    /// core is back under half its budget, which lets the ones held back read again.
+    fn shed(&self) {
+        let now = self.now();
+        let mut holders: Vec<(u64, Rc<Conn>)> = self
+            .inflight
+            .holders()
+            .into_iter()
+            .filter_map(|key| {
+                let c = self.get(key)?;
+                let rate = {
+                    let st = c.state.try_borrow().ok()?;
+                    st.session.receive_rate(held(&st), now)
+                };
+                Some((rate, c))
+            })
+            .collect();
+        holders.sort_unstable_by_key(|(rate, _)| *rate);
+        for (_, c) in holders {
+            if self.inflight.total() < self.inflight.resume_mark() {
+                break;
+            }
+            let Ok(mut st) = c.state.try_borrow_mut() else {
+                continue;
+            };
+            bump(&self.counters.inflight_closes);
+            tracing::debug!(
+                session = c.id,
+                held = held(&st),
+                "in-flight budget exceeded, cutting"
+            );
+            cut(self, &c, &mut st, "too much data in flight");
+        }
+    }
+
+    /// Once a second: a message arriving slower than `min_receive_rate` (after `receive_grace`)
+    /// is cut, and a core that holds connections back sheds its slowest holders, since the ones
+    /// held back cannot complete until it does.
+    pub(super) fn sweep_inflight(&self, now: u32) {
+        let s = &self.settings;
+        for key in self.inflight.holders() {
+            let Some(c) = self.get(key) else { continue };
+            let Ok(mut st) = c.state.try_borrow_mut() else {
+                continue;
+            };
+            if st
+                .session
+                .too_slow(held(&st), now, s.receive_grace, s.min_receive_rate)
+            {
+                bump(&self.counters.slow_message_closes);
+                tracing::debug!(session = c.id, "message arriving too slowly, cutting");
+                cut(self, &c, &mut st, "message too slow");
+            }
+        }
+        if self.inflight.holding_back() {
+            self.shed();
+        }
+    }
+
     /// What a panicking task or step leaves to clean up for its connection: reset the socket,
     /// release the session, tell the game server (1011).
     pub fn release_after_panic(&self, c: &Rc<Conn>) {

@@ -5,7 +5,7 @@
 //! threads; knows nothing of what it holds.
 
 /// Where an entry lives in its registry; stale keys (after the slot was reused) never match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub slot: u32,
     pub generation: u32,

@@ -64,7 +64,18 @@ pub enum ReadOutcome {
 /// Reads a socket into the spare capacity of `buf`, extending its length by what arrived. `recv`,
 /// not `read`: a socket gains nothing from the file layer `read` passes through.
 pub fn read_into(fd: BorrowedFd<'_>, buf: &mut bytes::BytesMut) -> io::Result<ReadOutcome> {
+    read_at_most(fd, buf, usize::MAX)
+}
+
+/// [`read_into`], taking at most `max` bytes.
+pub fn read_at_most(
+    fd: BorrowedFd<'_>,
+    buf: &mut bytes::BytesMut,
+    max: usize,
+) -> io::Result<ReadOutcome> {
     let spare = buf.spare_capacity_mut();
+    let take = spare.len().min(max);
+    let spare = &mut spare[..take];
     if spare.is_empty() {
         return Ok(ReadOutcome::Data(0));
     }

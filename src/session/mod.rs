@@ -296,6 +296,13 @@ impl Session {
         age > grace && (held as u64) < u64::from(age) * u64::from(min_rate)
     }
 
+    /// The average rate, in bytes a second, at which the `held` bytes of the message in progress
+    /// arrived (a message begun within the current second counts as one second old).
+    pub fn receive_rate(&self, held: usize, now: u32) -> u64 {
+        let age = now.saturating_sub(self.partial_since).max(1);
+        held as u64 / u64::from(age)
+    }
+
     /// Bytes still missing from the frame being received, if one is partly read.
     pub fn frame_remaining(&self) -> Option<usize> {
         self.decoder.frame_remaining()

@@ -972,6 +972,20 @@ fn a_message_trickling_slower_than_the_minimum_rate_is_too_slow_after_the_grace(
 }
 
 #[test]
+fn the_receive_rate_is_the_message_so_far_over_its_age() {
+    let mut s = Session::new(NOW);
+    s.on_partial(4096, NOW);
+    assert_eq!(
+        s.receive_rate(4096, NOW),
+        4096,
+        "a message begun this second is one second old"
+    );
+    assert_eq!(s.receive_rate(4096, NOW + 4), 1024);
+    // A quiet holder sinks below one that keeps sending.
+    assert!(s.receive_rate(4096, NOW + 8) < s.receive_rate(40_960, NOW + 8));
+}
+
+#[test]
 fn a_cut_session_reads_nothing_more_and_drops_its_fragments() {
     let mut s = Session::new(NOW);
     let mut buf = buf_of(&[encode_client_frame(false, 0, OP_TEXT, MASK, b"part one ")]);

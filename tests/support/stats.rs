@@ -69,6 +69,14 @@ impl Stats {
         (0..self.cores().len()).map(|c| self.sessions(c)).sum()
     }
 
+    /// Bytes of messages still arriving, summed over the cores.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.cores()
+            .iter()
+            .map(|c| c["inflight_bytes"].as_u64().unwrap())
+            .sum()
+    }
+
     /// One counter of one core (the counter must exist).
     pub fn core_counter(&self, core: usize, name: &str) -> u64 {
         self.cores()[core]["counters"][name]
