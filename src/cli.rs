@@ -251,8 +251,11 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
             // Only the token keys are re-read; sessions and every other setting stay.
             match auth::Verifier::load(&cfg.auth) {
                 Ok(keys) => {
-                    server.reload_keys(keys);
-                    tracing::info!("SIGHUP: token keys re-read");
+                    if server.reload_keys(keys, Duration::from_secs(5)) {
+                        tracing::info!("SIGHUP: token keys re-read");
+                    } else {
+                        tracing::warn!("SIGHUP: token keys re-read, but a worker did not confirm");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP: keys not re-read, the old ones stay")

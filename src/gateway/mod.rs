@@ -53,7 +53,11 @@ pub enum CoreMsg {
         reply: flume::Sender<CoreSnapshot>,
     },
     /// Verify tokens with these keys from now on (re-read on SIGHUP); open sessions are untouched.
-    Keys(crate::auth::Verifier),
+    /// `applied` hears back once they are in use.
+    Keys {
+        keys: crate::auth::Verifier,
+        applied: flume::Sender<()>,
+    },
     /// Stop accepting, close every session with 1001, exit when they are gone.
     Shutdown,
 }
@@ -109,11 +113,22 @@ impl Server {
         })
     }
 
-    /// Hands every core new token keys (SIGHUP); connections from now on are verified with them.
-    pub fn reload_keys(&self, keys: crate::auth::Verifier) {
+    /// Hands every core new token keys (SIGHUP) and waits until each uses them (at most `limit`),
+    /// so that once this returns true every connection is verified with them; false if a core did
+    /// not answer in time.
+    pub fn reload_keys(&self, keys: crate::auth::Verifier, limit: std::time::Duration) -> bool {
+        let (applied, acks) = flume::bounded(self.controls.len());
         for c in &self.controls {
-            let _ = c.send(CoreMsg::Keys(keys.clone()));
+            let _ = c.send(CoreMsg::Keys {
+                keys: keys.clone(),
+                applied: applied.clone(),
+            });
         }
+        let deadline = std::time::Instant::now() + limit;
+        (0..self.controls.len()).all(|_| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            acks.recv_timeout(left).is_ok()
+        })
     }
 
     /// Asks every core to stop gracefully; [`Server::join`] waits for them.
@@ -294,7 +309,10 @@ impl Worker {
                 CoreMsg::Snapshot { sessions, reply } => {
                     let _ = reply.send(snapshot(&core, driver, sessions));
                 }
-                CoreMsg::Keys(keys) => *core.verifier.borrow_mut() = keys,
+                CoreMsg::Keys { keys, applied } => {
+                    *core.verifier.borrow_mut() = keys;
+                    let _ = applied.send(());
+                }
                 CoreMsg::Shutdown => break,
             }
         }
