@@ -144,8 +144,9 @@ def lp16(b):
     return struct.pack(">H", len(b)) + b
 
 
-# The byte-by-byte example of docs/protocol.md.
-HELLO = bytes.fromhex("00000013 01 00 0000000000000000 0001 0000 0002 677731".replace(" ", ""))
+# The byte-by-byte example of docs/protocol.md: a HELLO offering versions 1 (`version`) to 2 (`flags`).
+HELLO = bytes.fromhex("00000013 01 02 0000000000000000 0001 0000 0002 677731".replace(" ", ""))
+HELLO_V1 = HELLO[:5] + b"\x00" + HELLO[6:]  # flags 0: version 1 alone, as version 1 sent it
 HELLO_ACK = bytes.fromhex("00000010 02 00 0000000000000000 0001 6563686f".replace(" ", ""))
 OPEN = bytes.fromhex(
     ("00000032 10 00 0000000000000007"
@@ -156,7 +157,7 @@ OPEN = bytes.fromhex(
 )
 DATA = bytes.fromhex("0000000c 12 01 0000000000000007 6869".replace(" ", ""))
 CLOSE = bytes.fromhex("0000000f 13 00 0000000000000007 0fa0627965".replace(" ", ""))
-assert up_frame(1, struct.pack(">HHH", 1, 0, 2) + b"gw1") == HELLO
+assert up_frame(1, struct.pack(">HHH", 1, 0, 2) + b"gw1", flags=2) == HELLO
 assert up_frame(0x12, b"hi", session=7, flags=1) == DATA
 assert len(OPEN) == 4 + 0x32
 
@@ -187,6 +188,7 @@ ud = {
     "bad_utf8_reason": ctl(255) + up_frame(0x13, b"\x0f\xa0\xc0\xaf", session=1),
     "open_trailing": ctl(255) + OPEN[:3] + bytes([0x33]) + OPEN[4:] + b"\x00",
     "open_truncated_header": ctl(255) + up_frame(0x10, b"\x00\x00\x00\x00\x00\x01", session=7),
+    "hello_v1_only": ctl(255) + HELLO_V1,
 }
 for name, data in ud.items():
     write("upstream_decoder", name, data)

@@ -527,14 +527,21 @@ fn open_body() -> impl Strategy<Value = Open> {
 fn frame() -> impl Strategy<Value = Frame> {
     let code = any::<u16>();
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<u16>(), text(30)).prop_map(
-            |(version, core, workers, instance)| Frame::Hello {
+        // The highest version is what a decoder makes of the flags byte.
+        (
+            any::<u16>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<u16>(),
+            text(30)
+        )
+            .prop_map(|(version, flags, core, workers, instance)| Frame::Hello {
                 version,
+                max_version: version.max(flags.into()),
                 core,
                 workers,
                 instance
-            }
-        ),
+            }),
         (any::<u16>(), text(30)).prop_map(|(version, server)| Frame::HelloAck { version, server }),
         (code, text(60)).prop_map(|(code, message)| Frame::LinkError { code, message }),
         any::<[u8; 8]>().prop_map(Frame::Ping),

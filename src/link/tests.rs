@@ -98,6 +98,7 @@ fn hello_carries_our_version_and_identity() {
         decode_one(&hello(3, 8, "edge-a")),
         Frame::Hello {
             version: 1,
+            max_version: 2,
             core: 3,
             workers: 8,
             instance: "edge-a".into()

@@ -170,12 +170,17 @@ fn body_frame(ty: FrameType, flags: u8, session: u64, body: Bytes) -> Result<Fra
             session,
             open: decode_body(body)?,
         },
-        FrameType::Hello => Frame::Hello {
-            version: take_u16(&mut rest, ty, "version")?,
-            core: take_u16(&mut rest, ty, "core")?,
-            workers: take_u16(&mut rest, ty, "workers")?,
-            instance: text(rest, ty, "instance")?,
-        },
+        FrameType::Hello => {
+            let version = take_u16(&mut rest, ty, "version")?;
+            Frame::Hello {
+                version,
+                // A version-1 sender's flags are 0, which leaves `version` alone.
+                max_version: version.max(flags.into()),
+                core: take_u16(&mut rest, ty, "core")?,
+                workers: take_u16(&mut rest, ty, "workers")?,
+                instance: text(rest, ty, "instance")?,
+            }
+        }
         FrameType::HelloAck => Frame::HelloAck {
             version: take_u16(&mut rest, ty, "version")?,
             server: text(rest, ty, "server")?,
@@ -532,12 +537,20 @@ mod tests {
 
     #[test]
     fn unknown_flag_bits_on_link_frames_are_ignored() {
+        // HELLO's flags are a version number, not bits (see `crate::protocol::tests`); every
+        // value decodes all the same.
         let mut buf = BytesMut::from(&hello(0, 1, "x")[..]);
         buf[5] = 0xff;
         assert!(matches!(
             decode(&mut buf, MAX),
-            Ok(Some(Frame::Hello { .. }))
+            Ok(Some(Frame::Hello {
+                max_version: 0xff,
+                ..
+            }))
         ));
+        let mut buf = BytesMut::from(&ping([0; 8])[..]);
+        buf[5] = 0xff;
+        assert_eq!(decode(&mut buf, MAX), Ok(Some(Frame::Ping([0; 8]))));
         let mut buf = BytesMut::from(&close(3, 1000, "")[..]);
         buf[5] = 0x80;
         assert!(matches!(

@@ -1,12 +1,37 @@
 //! Encoding the frame header and the small frames.
 //!
-//! Owns the header layout and the bodies of every frame except OPEN (`open.rs`). Must never copy
-//! a DATA payload on the proxy's path: the proxy writes [`encode_header`] and the payload as one
+//! Owns the header layout, the bodies of every frame except OPEN (`open.rs`), and the ranges an
+//! encoder checks before it writes a length or count prefix ([`EncodeError`]). Must never copy a
+//! DATA payload on the proxy's path: the proxy writes [`encode_header`] and the payload as one
 //! vectored write, and [`data_frame`] exists only for servers and tests.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{FrameType, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON, MIN_LENGTH, VERSION};
+use super::{
+    FrameType, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON, MAX_VERSION, MIN_LENGTH, MIN_VERSION,
+};
+
+/// Why a frame cannot be built from the values given: one does not fit its field or prefix, or
+/// names something the receiver would reject as malformed. A decoded frame always re-encodes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum EncodeError {
+    #[error("OPEN {field} is {len} bytes, more than its length prefix allows ({max})")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("OPEN has {0} headers, more than the 255 its count allows")]
+    TooManyHeaders(usize),
+    #[error(
+        "HELLO cannot offer versions {version} to {max_version}: the highest must be at least \
+         the lowest, and fit the flags byte unless they are equal"
+    )]
+    VersionRange { version: u16, max_version: u16 },
+}
+
+// `hello` puts MAX_VERSION in the flags byte, and a range of one would be sent as flags 0.
+const _: () = assert!(MIN_VERSION < MAX_VERSION && MAX_VERSION <= u8::MAX as u16);
 
 /// Writes the 14-byte header for a frame whose body is `body_len` bytes. The body is written
 /// separately (vectored write), so DATA payloads are never copied.
@@ -47,16 +72,44 @@ fn coded(ty: FrameType, session: u64, code: u16, text: &str) -> Bytes {
     frame(ty, 0, session, &[&code.to_be_bytes(), text.as_bytes()])
 }
 
-/// HELLO for this module's [`VERSION`].
+/// The HELLO ringgate opens a link with: every version from [`MIN_VERSION`] to [`MAX_VERSION`].
 pub fn hello(core: u16, workers: u16, instance: &str) -> Bytes {
-    hello_with_version(VERSION, core, workers, instance)
+    // Cannot truncate: MAX_VERSION fits a byte (asserted above).
+    hello_frame(MIN_VERSION, MAX_VERSION as u8, core, workers, instance)
 }
 
-/// HELLO claiming any version, to exercise a server's mismatch handling.
+/// HELLO offering `version` alone, with flags 0 as version 1 sent it: a version-1 ringgate, or
+/// any version to exercise a server's mismatch handling.
 pub fn hello_with_version(version: u16, core: u16, workers: u16, instance: &str) -> Bytes {
+    hello_frame(version, 0, core, workers, instance)
+}
+
+/// HELLO offering every version from `version` to `max_version`. A range of one is sent with
+/// flags 0, the same bytes as [`hello_with_version`]; a wider one needs `max_version` to fit the
+/// flags byte.
+pub fn hello_versions(
+    version: u16,
+    max_version: u16,
+    core: u16,
+    workers: u16,
+    instance: &str,
+) -> Result<Bytes, EncodeError> {
+    let flags = match max_version {
+        max if max == version => Some(0),
+        max if max > version => u8::try_from(max).ok(),
+        _ => None,
+    }
+    .ok_or(EncodeError::VersionRange {
+        version,
+        max_version,
+    })?;
+    Ok(hello_frame(version, flags, core, workers, instance))
+}
+
+fn hello_frame(version: u16, flags: u8, core: u16, workers: u16, instance: &str) -> Bytes {
     frame(
         FrameType::Hello,
-        0,
+        flags,
         0,
         &[
             &version.to_be_bytes(),
@@ -125,17 +178,19 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 impl super::Frame {
-    /// The frame's bytes, as a peer would send them. Fails only for an OPEN whose fields do not fit
-    /// their length prefixes (a decoded OPEN always fits). A CLOSE reason over 123 bytes is cut.
-    pub fn encode(&self) -> Result<Bytes, super::EncodeError> {
+    /// The frame's bytes, as a peer would send them. Fails only for values a decoder never
+    /// produces ([`EncodeError`]: an OPEN field too long for its prefix, a HELLO version range that
+    /// cannot be sent), so a decoded frame always re-encodes. A CLOSE reason over 123 bytes is cut.
+    pub fn encode(&self) -> Result<Bytes, EncodeError> {
         use super::Frame;
         Ok(match self {
             Frame::Hello {
                 version,
+                max_version,
                 core,
                 workers,
                 instance,
-            } => hello_with_version(*version, *core, *workers, instance),
+            } => hello_versions(*version, *max_version, *core, *workers, instance)?,
             Frame::HelloAck { version, server } => hello_ack(*version, server),
             Frame::LinkError { code, message } => link_error(*code, message),
             Frame::Ping(token) => ping(*token),

@@ -56,7 +56,10 @@ impl FrameType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello {
+        /// The lowest version the sender speaks (the only one, for a version-1 sender).
         version: u16,
+        /// The highest: the `flags` byte, or `version` when that is 0 or lower.
+        max_version: u16,
         core: u16,
         workers: u16,
         instance: String,

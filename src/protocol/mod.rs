@@ -16,14 +16,22 @@ mod open;
 
 pub use decode::{decode, decode_small, DecodeError, Decoded};
 pub use encode::{
-    close, data_frame, encode_header, goaway, hello, hello_ack, hello_with_version, link_error,
-    ping, pong, refuse,
+    close, data_frame, encode_header, goaway, hello, hello_ack, hello_versions, hello_with_version,
+    link_error, ping, pong, refuse, EncodeError,
 };
 pub use frame::{Frame, FrameType};
-pub use open::{open, EncodeError, Open, OpenInfo};
+pub use open::{open, Open, OpenInfo};
 
-/// The protocol version this module speaks.
-pub const VERSION: u16 = 1;
+/// The lowest protocol version ringgate speaks: what HELLO's `version` field carries, so that a
+/// version-1 server, which compares that field alone, still accepts the link.
+pub const MIN_VERSION: u16 = 1;
+
+/// The highest protocol version ringgate speaks: what HELLO's `flags` byte offers.
+pub const MAX_VERSION: u16 = 2;
+
+/// The one version the link's handshake still accepts until it negotiates the range
+/// (`crate::link::handshake`); new code should say [`MIN_VERSION`] or [`MAX_VERSION`].
+pub const VERSION: u16 = MIN_VERSION;
 
 /// Bytes before a frame's body: `length u32`, `type u8`, `flags u8`, `session u64`.
 pub const HEADER_LEN: usize = 14;

@@ -7,7 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::decode::DecodeError;
-use super::{encode_header, FrameType, HEADER_LEN};
+use super::{encode_header, EncodeError, FrameType, HEADER_LEN};
 
 /// The session description to encode, borrowed from the upgrade request.
 #[derive(Clone, Copy, Debug)]
@@ -26,19 +26,6 @@ pub struct Open {
     pub client_addr: String,
     pub target: String,
     pub headers: Vec<(String, Bytes)>,
-}
-
-/// Why an OPEN frame cannot be built: something does not fit its length prefix.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-pub enum EncodeError {
-    #[error("OPEN {field} is {len} bytes, more than its length prefix allows ({max})")]
-    FieldTooLong {
-        field: &'static str,
-        len: usize,
-        max: usize,
-    },
-    #[error("OPEN has {0} headers, more than the 255 its count allows")]
-    TooManyHeaders(usize),
 }
 
 const U8_MAX: usize = u8::MAX as usize;

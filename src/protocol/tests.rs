@@ -47,7 +47,7 @@ fn decode_one(bytes: &[u8]) -> Frame {
 // The examples of docs/protocol.md, "Example: one session, byte by byte", copied byte for byte.
 
 const DOC_HELLO: &str =
-    "00 00 00 13  01  00  00 00 00 00 00 00 00 00   00 01  00 00  00 02  67 77 31";
+    "00 00 00 13  01  02  00 00 00 00 00 00 00 00   00 01  00 00  00 02  67 77 31";
 const DOC_HELLO_ACK: &str = "00 00 00 10  02  00  00 00 00 00 00 00 00 00   00 01  65 63 68 6f";
 const DOC_OPEN: &str = "00 00 00 32  10  00  00 00 00 00 00 00 00 07
     00 05 61 6c 69 63 65
@@ -61,10 +61,12 @@ const DOC_CLOSE: &str = "00 00 00 0f  13  00  00 00 00 00 00 00 00 07  0f a0 62 
 fn doc_example_hello() {
     let bytes = hex(DOC_HELLO);
     assert_eq!(hello(0, 2, "gw1")[..], bytes[..]);
+    assert_eq!(hello_versions(1, 2, 0, 2, "gw1").unwrap()[..], bytes[..]);
     assert_eq!(
         decode_one(&bytes),
         Frame::Hello {
             version: 1,
+            max_version: 2,
             core: 0,
             workers: 2,
             instance: "gw1".into()
@@ -151,13 +153,29 @@ fn encode(frame: &Frame) -> Bytes {
 fn samples() -> Vec<Frame> {
     vec![
         Frame::Hello {
-            version: VERSION,
+            version: MIN_VERSION,
+            max_version: MAX_VERSION,
             core: 3,
             workers: 8,
             instance: "host-ü:1234".into(),
         },
         Frame::Hello {
+            version: 1,
+            max_version: 1,
+            core: 1,
+            workers: 2,
+            instance: "v1".into(),
+        },
+        Frame::Hello {
             version: u16::MAX,
+            max_version: u16::MAX,
+            core: 0,
+            workers: 0,
+            instance: String::new(),
+        },
+        Frame::Hello {
+            version: 0,
+            max_version: 255,
             core: 0,
             workers: 0,
             instance: String::new(),
@@ -403,4 +421,85 @@ fn small_data_left_in_place_matches_decode() {
             "round {round}, small {small:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version negotiation in HELLO
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn hello_offers_the_range_version_1_in_version_and_2_in_flags() {
+    let bytes = hello(3, 8, "edge");
+    assert_eq!(
+        bytes[4..6],
+        [FrameType::Hello as u8, 2],
+        "type, then flags = MAX_VERSION"
+    );
+    assert_eq!(
+        bytes[HEADER_LEN..HEADER_LEN + 2],
+        [0, 1],
+        "version = MIN_VERSION"
+    );
+    assert_eq!((MIN_VERSION, MAX_VERSION, VERSION), (1, 2, 1));
+}
+
+#[test]
+fn hello_with_flags_0_is_version_1_alone() {
+    let bytes = hello_with_version(1, 0, 2, "gw1");
+    assert_eq!(bytes[5], 0);
+    // The version-1 HELLO of the document before version 2, byte for byte.
+    let v1 = hex("00 00 00 13  01  00  00 00 00 00 00 00 00 00   00 01  00 00  00 02  67 77 31");
+    assert_eq!(bytes[..], v1[..]);
+    assert_eq!(hello_versions(1, 1, 0, 2, "gw1").unwrap(), bytes);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::Hello {
+            version: 1,
+            max_version: 1,
+            core: 0,
+            workers: 2,
+            instance: "gw1".into()
+        }
+    );
+}
+
+#[test]
+fn hello_max_version_is_the_larger_of_version_and_flags() {
+    for (version, flags, max_version) in [
+        (1, 0, 1),
+        (1, 1, 1),
+        (1, 2, 2),
+        (1, 0xff, 0xff),
+        (3, 2, 3),
+        (0x0100, 0xff, 0x0100),
+        (0, 0, 0),
+    ] {
+        let mut bytes = hello_with_version(version, 0, 1, "x").to_vec();
+        bytes[5] = flags;
+        let Frame::Hello {
+            version: got,
+            max_version: max,
+            ..
+        } = decode_one(&bytes)
+        else {
+            panic!("expected HELLO");
+        };
+        assert_eq!((got, max), (version, max_version), "flags {flags}");
+    }
+}
+
+#[test]
+fn hello_ranges_that_cannot_be_sent() {
+    for (version, max_version) in [(2, 1), (1, 256), (300, 301), (1, u16::MAX)] {
+        assert_eq!(
+            hello_versions(version, max_version, 0, 1, "x"),
+            Err(EncodeError::VersionRange {
+                version,
+                max_version
+            })
+        );
+    }
+    // A range of one needs no flags, whatever the version.
+    assert!(hello_versions(300, 300, 0, 1, "x").is_ok());
+    assert!(hello_versions(1, 255, 0, 1, "x").is_ok());
 }
