@@ -17,7 +17,10 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use ringgate::protocol::{self as up, DecodeError, Frame, Open, HEADER_LEN, MAX_CLOSE_REASON};
+use ringgate::protocol::{
+    self as up, DecodeError, Frame, Open, Policy, Targets, HEADER_LEN, MAX_CLOSE_REASON,
+    MAX_GROUP_NAME,
+};
 use ringgate::ws::{self, close_payload, CloseFrame, Decoder, Message, ProtocolError};
 
 /// Cases per property, unless `PROPTEST_CASES` says otherwise.
@@ -522,6 +525,59 @@ fn open_body() -> impl Strategy<Value = Open> {
         })
 }
 
+/// A group name: 1 to 255 bytes of anything.
+fn group() -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 1..=MAX_GROUP_NAME).prop_map(Bytes::from)
+}
+
+/// The session a PUBLISH or BROADCAST leaves out: often none.
+fn except() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0u64), session()]
+}
+
+fn up_payload() -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+}
+
+/// The version-2 fan-out frames.
+fn fan_out_frame() -> impl Strategy<Value = Frame> {
+    let policy = prop_oneof![
+        Just(Policy::Close),
+        Just(Policy::Drop),
+        Just(Policy::Latest)
+    ];
+    prop_oneof![
+        (session(), policy, group()).prop_map(|(session, policy, group)| Frame::Join {
+            session,
+            policy,
+            group
+        }),
+        (session(), group()).prop_map(|(session, group)| Frame::Leave { session, group }),
+        (group(), except(), any::<bool>(), up_payload()).prop_map(
+            |(group, except, text, payload)| Frame::Publish {
+                group,
+                except,
+                text,
+                payload
+            }
+        ),
+        (except(), any::<bool>(), up_payload()).prop_map(|(except, text, payload)| {
+            Frame::Broadcast {
+                except,
+                text,
+                payload,
+            }
+        }),
+        (vec(session(), 1..20), any::<bool>(), up_payload()).prop_map(|(ids, text, payload)| {
+            Frame::Multicast {
+                targets: Targets::new(&ids).expect("1 to 19 non-zero ids"),
+                text,
+                payload,
+            }
+        }),
+    ]
+}
+
 /// Every frame type, with fields anywhere in their ranges. CLOSE reasons stay within
 /// [`MAX_CLOSE_REASON`] bytes (the encoder cuts longer ones; see `up_close_reason_is_cut`).
 fn frame() -> impl Strategy<Value = Frame> {
@@ -566,14 +622,13 @@ fn frame() -> impl Strategy<Value = Frame> {
             code,
             reason
         }),
+        fan_out_frame(),
     ]
 }
 
 /// The frame's bytes, built with the module's encoders.
 fn encode(frame: &Frame) -> Bytes {
-    frame
-        .encode()
-        .expect("generated OPEN fields fit their prefixes")
+    frame.encode().expect("generated fields fit the wire")
 }
 
 proptest! {
@@ -642,7 +697,8 @@ proptest! {
         garbage in prop_oneof![
             vec(any::<u8>(), 0..64),
             // A plausible header (small length, a real type) with a random body.
-            (10u32..80, prop_oneof![1u8..=6, 0x10u8..=0x13, any::<u8>()], any::<u8>(),
+            (10u32..80, prop_oneof![1u8..=6, 0x10u8..=0x13, 0x20u8..=0x24, any::<u8>()],
+             any::<u8>(),
              prop_oneof![Just(0u64), 1u64..4, any::<u64>()], vec(any::<u8>(), 0..80))
                 .prop_map(|(len, ty, flags, session, body)| {
                     let mut out = len.to_be_bytes().to_vec();

@@ -2,18 +2,24 @@
 //!
 //! Owns framing (the `length` field and its bounds), the header checks (type, session rules) and
 //! the bodies of every frame but OPEN's (`open.rs`). Must never panic on any input, never
-//! allocate or reserve based on a declared length, never consume bytes for an incomplete frame,
-//! and never copy a DATA payload: it is a frozen slice of the caller's buffer.
+//! allocate or reserve based on a declared length (a MULTICAST's target count included), never
+//! consume bytes for an incomplete frame, and never copy a payload, group name or target list:
+//! they are frozen slices of the caller's buffer.
 //!
 //! Checks run as soon as their bytes are in: `length` with the first 4 bytes, type and session
-//! with the 14-byte header, the body once the whole frame is buffered. Text DATA is not checked
-//! for UTF-8 here; the WebSocket side validates what clients send, and the proxy trusts servers
-//! (docs/protocol.md, "Sessions"). Unknown flag bits are ignored.
+//! with the 14-byte header, the body once the whole frame is buffered. Text payloads are not
+//! checked for UTF-8 here; the WebSocket side validates what clients send, and the proxy trusts
+//! servers (docs/protocol.md, "Sessions"). Unknown flag bits are ignored; JOIN's flags are a
+//! value, not bits, so an unknown one is an error. Every type of every version decodes: whether
+//! the link's version allows it is the link's check.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::open::decode_body;
-use super::{link_code, Frame, FrameType, FLAG_TEXT, HEADER_LEN, MIN_LENGTH};
+use super::{
+    link_code, Frame, FrameType, Policy, SessionRule, Targets, FLAG_TEXT, HEADER_LEN,
+    MAX_GROUP_NAME, MIN_LENGTH,
+};
 
 /// Why the bytes on a link are not a valid frame. Every one of them ends the link with a
 /// LINK_ERROR carrying [`DecodeError::link_error_code`].
@@ -41,6 +47,16 @@ pub enum DecodeError {
     },
     #[error("{ty:?} {field} is not valid UTF-8")]
     InvalidUtf8 { ty: FrameType, field: &'static str },
+    #[error("JOIN policy {0} is not 0 (close), 1 (drop) or 2 (latest)")]
+    UnknownPolicy(u8),
+    #[error("{0:?} with an empty group name")]
+    EmptyGroup(FrameType),
+    #[error("{ty:?} group name is {len} bytes, more than the 255 allowed")]
+    GroupTooLong { ty: FrameType, len: usize },
+    #[error("MULTICAST with a target count of 0")]
+    NoTargets,
+    #[error("MULTICAST target {index} is session 0")]
+    ZeroTarget { index: usize },
 }
 
 impl DecodeError {
@@ -84,6 +100,8 @@ impl Decoded {
 
 /// Like [`decode`], except that a DATA body of at most `small` bytes is left in place
 /// ([`Decoded::Data`]) for the caller to copy: a game-sized message then costs no `Bytes` handle.
+/// PUBLISH, BROADCAST and MULTICAST come whole as [`decode`] returns them, whatever their size:
+/// their payload goes to many sessions, which share one `Bytes` instead of a copy each.
 pub fn decode_small(
     buf: &mut BytesMut,
     max_frame: usize,
@@ -135,9 +153,9 @@ fn next(
     };
     let ty = FrameType::from_u8(ty).ok_or(DecodeError::UnknownType(ty))?;
     let session = u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
-    match (ty.is_session(), session) {
-        (true, 0) => return Err(DecodeError::ZeroSession(ty)),
-        (false, 1..) => return Err(DecodeError::NonZeroSession { ty, session }),
+    match (ty.session_rule(), session) {
+        (SessionRule::NonZero, 0) => return Err(DecodeError::ZeroSession(ty)),
+        (SessionRule::Zero, 1..) => return Err(DecodeError::NonZeroSession { ty, session }),
         _ => {}
     }
 
@@ -160,10 +178,11 @@ fn next(
 /// The frame for a complete, header-checked body.
 fn body_frame(ty: FrameType, flags: u8, session: u64, body: Bytes) -> Result<Frame, DecodeError> {
     let mut rest = &body[..];
+    let text = flags & FLAG_TEXT != 0;
     Ok(match ty {
         FrameType::Data => Frame::Data {
             session,
-            text: flags & FLAG_TEXT != 0,
+            text,
             payload: body,
         },
         FrameType::Open => Frame::Open {
@@ -178,34 +197,110 @@ fn body_frame(ty: FrameType, flags: u8, session: u64, body: Bytes) -> Result<Fra
                 max_version: version.max(flags.into()),
                 core: take_u16(&mut rest, ty, "core")?,
                 workers: take_u16(&mut rest, ty, "workers")?,
-                instance: text(rest, ty, "instance")?,
+                instance: utf8(rest, ty, "instance")?,
             }
         }
         FrameType::HelloAck => Frame::HelloAck {
             version: take_u16(&mut rest, ty, "version")?,
-            server: text(rest, ty, "server")?,
+            server: utf8(rest, ty, "server")?,
         },
         FrameType::LinkError => Frame::LinkError {
             code: take_u16(&mut rest, ty, "code")?,
-            message: text(rest, ty, "message")?,
+            message: utf8(rest, ty, "message")?,
         },
         FrameType::GoAway => Frame::GoAway {
             code: take_u16(&mut rest, ty, "code")?,
-            reason: text(rest, ty, "reason")?,
+            reason: utf8(rest, ty, "reason")?,
         },
         FrameType::Refuse => Frame::Refuse {
             session,
             code: take_u16(&mut rest, ty, "code")?,
-            reason: text(rest, ty, "reason")?,
+            reason: utf8(rest, ty, "reason")?,
         },
         FrameType::Close => Frame::Close {
             session,
             code: take_u16(&mut rest, ty, "code")?,
-            reason: text(rest, ty, "reason")?,
+            reason: utf8(rest, ty, "reason")?,
         },
         FrameType::Ping => Frame::Ping(token(rest, ty)?),
         FrameType::Pong => Frame::Pong(token(rest, ty)?),
+        FrameType::Join => Frame::Join {
+            session,
+            policy: Policy::from_u8(flags).ok_or(DecodeError::UnknownPolicy(flags))?,
+            group: group(body, ty)?,
+        },
+        FrameType::Leave => Frame::Leave {
+            session,
+            group: group(body, ty)?,
+        },
+        FrameType::Publish => {
+            let len = take_u8(&mut rest, ty, "group length")?;
+            let name = take(&mut rest, usize::from(len), ty, "group")?;
+            Frame::Publish {
+                group: group(body.slice_ref(name), ty)?,
+                except: session,
+                text,
+                payload: body.slice_ref(rest),
+            }
+        }
+        FrameType::Broadcast => Frame::Broadcast {
+            except: session,
+            text,
+            payload: body,
+        },
+        FrameType::Multicast => {
+            let count = take_u16(&mut rest, ty, "target count")?;
+            if count == 0 {
+                return Err(DecodeError::NoTargets);
+            }
+            // The count only sizes a slice of bytes that are already here: nothing is allocated
+            // for it, and a count the body cannot hold is an error.
+            let ids = take(&mut rest, 8 * usize::from(count), ty, "targets")?;
+            if let Some(index) = ids
+                .chunks_exact(8)
+                .position(|id| id.iter().all(|&b| b == 0))
+            {
+                return Err(DecodeError::ZeroTarget { index });
+            }
+            Frame::Multicast {
+                targets: Targets::from_checked(body.slice_ref(ids)),
+                text,
+                payload: body.slice_ref(rest),
+            }
+        }
     })
+}
+
+/// A group name: the whole of `name`, 1 to [`MAX_GROUP_NAME`] bytes of anything.
+fn group(name: Bytes, ty: FrameType) -> Result<Bytes, DecodeError> {
+    match name.len() {
+        0 => Err(DecodeError::EmptyGroup(ty)),
+        len if len > MAX_GROUP_NAME => Err(DecodeError::GroupTooLong { ty, len }),
+        _ => Ok(name),
+    }
+}
+
+/// Reads a u8 off the front of `rest`.
+fn take_u8(rest: &mut &[u8], ty: FrameType, field: &'static str) -> Result<u8, DecodeError> {
+    let (&value, tail) = rest
+        .split_first()
+        .ok_or(DecodeError::Truncated { ty, field })?;
+    *rest = tail;
+    Ok(value)
+}
+
+/// Splits `len` bytes off the front of `rest`.
+fn take<'a>(
+    rest: &mut &'a [u8],
+    len: usize,
+    ty: FrameType,
+    field: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    let (value, tail) = rest
+        .split_at_checked(len)
+        .ok_or(DecodeError::Truncated { ty, field })?;
+    *rest = tail;
+    Ok(value)
 }
 
 /// Reads a big-endian u16 off the front of `rest`.
@@ -218,7 +313,7 @@ fn take_u16(rest: &mut &[u8], ty: FrameType, field: &'static str) -> Result<u16,
 }
 
 /// A "rest of the body" string field.
-fn text(bytes: &[u8], ty: FrameType, field: &'static str) -> Result<String, DecodeError> {
+fn utf8(bytes: &[u8], ty: FrameType, field: &'static str) -> Result<String, DecodeError> {
     std::str::from_utf8(bytes)
         .map(str::to_owned)
         .map_err(|_| DecodeError::InvalidUtf8 { ty, field })
@@ -330,6 +425,14 @@ mod tests {
                 ty: FrameType::Close,
                 field: "reason",
             },
+            DecodeError::UnknownPolicy(3),
+            DecodeError::EmptyGroup(FrameType::Leave),
+            DecodeError::GroupTooLong {
+                ty: FrameType::Join,
+                len: 256,
+            },
+            DecodeError::NoTargets,
+            DecodeError::ZeroTarget { index: 0 },
         ] {
             assert_eq!(malformed.link_error_code(), 2, "{malformed}");
         }
@@ -351,6 +454,8 @@ mod tests {
             FrameType::Refuse,
             FrameType::Data,
             FrameType::Close,
+            FrameType::Join,
+            FrameType::Leave,
         ] {
             let buf = raw(12, ty as u8, 0, 0, &[]);
             assert_eq!(decode_all(buf), Err(DecodeError::ZeroSession(ty)));
@@ -366,6 +471,7 @@ mod tests {
             FrameType::Ping,
             FrameType::Pong,
             FrameType::GoAway,
+            FrameType::Multicast,
         ] {
             let buf = raw(18, ty as u8, 0, 1 << 63, &[]);
             assert_eq!(
@@ -375,6 +481,16 @@ mod tests {
                     session: 1 << 63
                 })
             );
+        }
+    }
+
+    #[test]
+    fn publish_and_broadcast_take_any_session_from_the_header_alone() {
+        for ty in [FrameType::Publish, FrameType::Broadcast] {
+            for session in [0, 1, u64::MAX] {
+                // The body never arrives: the header passed its checks.
+                assert_eq!(decode_all(raw(110, ty as u8, 0, session, &[])), Ok(None));
+            }
         }
     }
 

@@ -1,14 +1,17 @@
-//! Encoding the frame header and the small frames.
+//! Encoding the frame header and whole frames.
 //!
 //! Owns the header layout, the bodies of every frame except OPEN (`open.rs`), and the ranges an
 //! encoder checks before it writes a length or count prefix ([`EncodeError`]). Must never copy a
 //! DATA payload on the proxy's path: the proxy writes [`encode_header`] and the payload as one
-//! vectored write, and [`data_frame`] exists only for servers and tests.
+//! vectored write, and [`data_frame`] exists only for servers and tests. The same goes for the
+//! version-2 fan-out frames, which only game servers send: [`publish`], [`broadcast`] and
+//! [`multicast`] copy their payload, and the proxy never calls them.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    FrameType, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON, MAX_VERSION, MIN_LENGTH, MIN_VERSION,
+    FrameType, Policy, Targets, FLAG_TEXT, HEADER_LEN, MAX_CLOSE_REASON, MAX_GROUP_NAME,
+    MAX_TARGETS, MAX_VERSION, MIN_LENGTH, MIN_VERSION,
 };
 
 /// Why a frame cannot be built from the values given: one does not fit its field or prefix, or
@@ -28,6 +31,16 @@ pub enum EncodeError {
          the lowest, and fit the flags byte unless they are equal"
     )]
     VersionRange { version: u16, max_version: u16 },
+    #[error("{0:?} for session 0")]
+    ZeroSession(FrameType),
+    #[error("{0:?} with an empty group name")]
+    EmptyGroup(FrameType),
+    #[error("{ty:?} group name is {len} bytes, more than the 255 allowed")]
+    GroupTooLong { ty: FrameType, len: usize },
+    #[error("MULTICAST to {0} sessions; 1 to 65535 are allowed")]
+    TargetCount(usize),
+    #[error("MULTICAST target {index} is session 0")]
+    ZeroTarget { index: usize },
 }
 
 // `hello` puts MAX_VERSION in the flags byte, and a range of one would be sent as flags 0.
@@ -54,17 +67,31 @@ pub fn encode_header(
     ];
 }
 
-/// One whole frame whose body is the concatenation of `parts`.
-fn frame(ty: FrameType, flags: u8, session: u64, parts: &[&[u8]]) -> Bytes {
-    let body_len = parts.iter().map(|part| part.len()).sum();
+/// A buffer holding the header of a frame whose body, `body_len` bytes, the caller writes next.
+fn start(ty: FrameType, flags: u8, session: u64, body_len: usize) -> BytesMut {
     let mut header = [0; HEADER_LEN];
     encode_header(&mut header, ty, flags, session, body_len);
     let mut out = BytesMut::with_capacity(HEADER_LEN + body_len);
     out.put_slice(&header);
+    out
+}
+
+/// One whole frame whose body is the concatenation of `parts`.
+fn frame(ty: FrameType, flags: u8, session: u64, parts: &[&[u8]]) -> Bytes {
+    let body_len = parts.iter().map(|part| part.len()).sum();
+    let mut out = start(ty, flags, session, body_len);
     for part in parts {
         out.put_slice(part);
     }
     out.freeze()
+}
+
+fn text_flags(text: bool) -> u8 {
+    if text {
+        FLAG_TEXT
+    } else {
+        0
+    }
 }
 
 /// The body shape shared by LINK_ERROR, GOAWAY, REFUSE and CLOSE: a code, then text.
@@ -163,8 +190,106 @@ pub fn close(session: u64, code: u16, reason: &str) -> Bytes {
 /// DATA as one buffer. A convenience for servers and tests: it copies `payload`, which the
 /// proxy never does (it writes [`encode_header`] and the payload separately).
 pub fn data_frame(session: u64, text: bool, payload: &[u8]) -> Bytes {
-    let flags = if text { FLAG_TEXT } else { 0 };
-    frame(FrameType::Data, flags, session, &[payload])
+    frame(FrameType::Data, text_flags(text), session, &[payload])
+}
+
+/// JOIN (version 2): `session` becomes a member of `group`, with `policy` for when it is slow.
+pub fn join(session: u64, policy: Policy, group: &[u8]) -> Result<Bytes, EncodeError> {
+    let ty = FrameType::Join;
+    check_session(ty, session)?;
+    check_group(ty, group)?;
+    Ok(frame(ty, policy as u8, session, &[group]))
+}
+
+/// LEAVE (version 2): `session` stops being a member of `group`.
+pub fn leave(session: u64, group: &[u8]) -> Result<Bytes, EncodeError> {
+    let ty = FrameType::Leave;
+    check_session(ty, session)?;
+    check_group(ty, group)?;
+    Ok(frame(ty, 0, session, &[group]))
+}
+
+/// PUBLISH (version 2): `payload` to every member of `group` on the link but `except` (0: none).
+pub fn publish(
+    group: &[u8],
+    except: u64,
+    text: bool,
+    payload: &[u8],
+) -> Result<Bytes, EncodeError> {
+    let ty = FrameType::Publish;
+    let len = check_group(ty, group)?;
+    Ok(frame(
+        ty,
+        text_flags(text),
+        except,
+        &[&[len], group, payload],
+    ))
+}
+
+/// BROADCAST (version 2): `payload` to every session on the link but `except` (0: none).
+pub fn broadcast(except: u64, text: bool, payload: &[u8]) -> Bytes {
+    frame(FrameType::Broadcast, text_flags(text), except, &[payload])
+}
+
+/// MULTICAST (version 2): `payload` to each session of `targets`, in that order.
+pub fn multicast(targets: &[u64], text: bool, payload: &[u8]) -> Result<Bytes, EncodeError> {
+    let count = check_targets(targets)?;
+    // Cannot overflow: at most 65535 ids of 8 bytes.
+    let body_len = 2 + 8 * targets.len() + payload.len();
+    let mut out = start(FrameType::Multicast, text_flags(text), 0, body_len);
+    out.put_u16(count);
+    for &id in targets {
+        out.put_u64(id);
+    }
+    out.put_slice(payload);
+    Ok(out.freeze())
+}
+
+fn check_session(ty: FrameType, session: u64) -> Result<(), EncodeError> {
+    if session == 0 {
+        return Err(EncodeError::ZeroSession(ty));
+    }
+    Ok(())
+}
+
+/// A group name's length, after checking it is 1 to [`MAX_GROUP_NAME`] bytes.
+fn check_group(ty: FrameType, group: &[u8]) -> Result<u8, EncodeError> {
+    if group.is_empty() {
+        return Err(EncodeError::EmptyGroup(ty));
+    }
+    match u8::try_from(group.len()) {
+        Ok(len) if usize::from(len) <= MAX_GROUP_NAME => Ok(len),
+        _ => Err(EncodeError::GroupTooLong {
+            ty,
+            len: group.len(),
+        }),
+    }
+}
+
+/// A MULTICAST count, after checking there are 1 to [`MAX_TARGETS`] ids and none is 0.
+pub(super) fn check_targets(ids: &[u64]) -> Result<u16, EncodeError> {
+    let count = match u16::try_from(ids.len()) {
+        Ok(count) if count > 0 && usize::from(count) <= MAX_TARGETS => count,
+        _ => return Err(EncodeError::TargetCount(ids.len())),
+    };
+    if let Some(index) = ids.iter().position(|&id| id == 0) {
+        return Err(EncodeError::ZeroTarget { index });
+    }
+    Ok(count)
+}
+
+/// MULTICAST from targets that are already checked.
+fn multicast_to(targets: &Targets, text: bool, payload: &[u8]) -> Result<Bytes, EncodeError> {
+    // Cannot fail for a `Targets`, which holds at most 65535 ids; checked all the same, as a wrong
+    // count would desynchronise the link.
+    let count =
+        u16::try_from(targets.len()).map_err(|_| EncodeError::TargetCount(targets.len()))?;
+    Ok(frame(
+        FrameType::Multicast,
+        text_flags(text),
+        0,
+        &[&count.to_be_bytes(), targets.as_bytes(), payload],
+    ))
 }
 
 /// The longest prefix of `s` that is at most `max` bytes and still valid UTF-8.
@@ -180,7 +305,8 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 impl super::Frame {
     /// The frame's bytes, as a peer would send them. Fails only for values a decoder never
     /// produces ([`EncodeError`]: an OPEN field too long for its prefix, a HELLO version range that
-    /// cannot be sent), so a decoded frame always re-encodes. A CLOSE reason over 123 bytes is cut.
+    /// cannot be sent, a JOIN or LEAVE for session 0, a group name out of range), so a decoded
+    /// frame always re-encodes. A CLOSE reason over 123 bytes is cut.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
         use super::Frame;
         Ok(match self {
@@ -225,6 +351,28 @@ impl super::Frame {
                 code,
                 reason,
             } => close(*session, *code, reason),
+            Frame::Join {
+                session,
+                policy,
+                group,
+            } => join(*session, *policy, group)?,
+            Frame::Leave { session, group } => leave(*session, group)?,
+            Frame::Publish {
+                group,
+                except,
+                text,
+                payload,
+            } => publish(group, *except, *text, payload)?,
+            Frame::Broadcast {
+                except,
+                text,
+                payload,
+            } => broadcast(*except, *text, payload),
+            Frame::Multicast {
+                targets,
+                text,
+                payload,
+            } => multicast_to(targets, *text, payload)?,
         })
     }
 }

@@ -1,13 +1,16 @@
 //! The upstream link protocol (docs/protocol.md), sans-I/O.
 //!
-//! Owns the byte layout of every frame on a link between ringgate and a game server: the 14-byte
-//! header, the bodies, and turning bytes back into [`Frame`]s. Must never do I/O, keep state
-//! between calls, allocate or reserve based on a length a peer declared, or panic on any input.
+//! Owns the byte layout of every frame on a link between ringgate and a game server, versions 1
+//! and 2: the 14-byte header, the bodies, and turning bytes back into [`Frame`]s. Must never do
+//! I/O, keep state between calls, allocate or reserve based on a length a peer declared, or panic
+//! on any input. Which version a link negotiated, and so which frames it may carry, is the link's
+//! business (`crate::link`): the decoder accepts every type of every version.
 //!
 //! Copies: a DATA payload is never copied in either direction. Outbound, the proxy writes
 //! [`encode_header`] and the payload `Bytes` as one vectored write; inbound, [`decode`] returns the
-//! payload as a frozen slice of the caller's buffer. Only the small link and control frames are
-//! built or parsed into owned values.
+//! payload as a frozen slice of the caller's buffer, and so are the payloads, group names and
+//! target lists of the fan-out frames. Only the small link and control frames are built or parsed
+//! into owned values.
 
 mod decode;
 mod encode;
@@ -16,10 +19,11 @@ mod open;
 
 pub use decode::{decode, decode_small, DecodeError, Decoded};
 pub use encode::{
-    close, data_frame, encode_header, goaway, hello, hello_ack, hello_versions, hello_with_version,
-    link_error, ping, pong, refuse, EncodeError,
+    broadcast, close, data_frame, encode_header, goaway, hello, hello_ack, hello_versions,
+    hello_with_version, join, leave, link_error, multicast, ping, pong, publish, refuse,
+    EncodeError,
 };
-pub use frame::{Frame, FrameType};
+pub use frame::{Frame, FrameType, Policy, SessionRule, TargetIter, Targets};
 pub use open::{open, Open, OpenInfo};
 
 /// The lowest protocol version ringgate speaks: what HELLO's `version` field carries, so that a
@@ -33,10 +37,16 @@ pub const MAX_VERSION: u16 = 2;
 /// (`crate::link::handshake`); new code should say [`MIN_VERSION`] or [`MAX_VERSION`].
 pub const VERSION: u16 = MIN_VERSION;
 
+/// The longest group name a JOIN, LEAVE or PUBLISH may carry: PUBLISH prefixes it with a `u8`.
+pub const MAX_GROUP_NAME: usize = 255;
+
+/// The most sessions one MULTICAST may name: its count is a `u16`.
+pub const MAX_TARGETS: usize = u16::MAX as usize;
+
 /// Bytes before a frame's body: `length u32`, `type u8`, `flags u8`, `session u64`.
 pub const HEADER_LEN: usize = 14;
 
-/// `flags` bit of a DATA frame whose payload is a text message.
+/// `flags` bit of a DATA, PUBLISH, BROADCAST or MULTICAST frame whose payload is a text message.
 pub const FLAG_TEXT: u8 = 1;
 
 /// The smallest valid `length`: it counts everything after itself, and type, flags and session

@@ -1,5 +1,6 @@
 //! Conformance tests for the codec as a whole: the byte-by-byte example of docs/protocol.md,
-//! round trips of every frame type at every split of the stream, and inputs that must not panic.
+//! version negotiation in HELLO, the version-2 fan-out frames and their malformed forms, round
+//! trips of every frame type at every split of the stream, and inputs that must not panic.
 //!
 //! Owns nothing the runtime uses. Must never depend on anything but this module's public API.
 
@@ -42,6 +43,23 @@ fn decode_one(bytes: &[u8]) -> Frame {
     let frames = decode_reads([bytes]);
     assert_eq!(frames.len(), 1);
     frames.into_iter().next().unwrap()
+}
+
+/// The error decoding `bytes` stops at, and that it is a MALFORMED one.
+fn malformed(bytes: &[u8]) -> DecodeError {
+    let mut buf = BytesMut::from(bytes);
+    let err = decode(&mut buf, MAX).expect_err("malformed");
+    assert_eq!(err.link_error_code(), link_code::MALFORMED, "{err}");
+    err
+}
+
+/// A frame with any header fields; `length` matches `body`.
+fn raw(ty: u8, flags: u8, session: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = (10 + body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&[ty, flags]);
+    out.extend_from_slice(&session.to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 // The examples of docs/protocol.md, "Example: one session, byte by byte", copied byte for byte.
@@ -246,6 +264,67 @@ fn samples() -> Vec<Frame> {
             code: 4000,
             reason: "kicked".into(),
         },
+        Frame::Join {
+            session: 7,
+            policy: Policy::Close,
+            group: Bytes::from_static(b"lobby"),
+        },
+        Frame::Join {
+            session: u64::MAX,
+            policy: Policy::Drop,
+            group: Bytes::from_static(b"\x00"),
+        },
+        Frame::Join {
+            session: 1,
+            policy: Policy::Latest,
+            group: Bytes::from(vec![0xff; MAX_GROUP_NAME]),
+        },
+        Frame::Leave {
+            session: 7,
+            group: Bytes::from_static("salle-é".as_bytes()),
+        },
+        Frame::Leave {
+            session: 2,
+            group: Bytes::from(vec![b'g'; MAX_GROUP_NAME]),
+        },
+        Frame::Publish {
+            group: Bytes::from_static(b"lobby"),
+            except: 0,
+            text: true,
+            payload: Bytes::from_static("héllo".as_bytes()),
+        },
+        Frame::Publish {
+            group: Bytes::from(vec![b'x'; MAX_GROUP_NAME]),
+            except: u64::MAX,
+            text: false,
+            payload: Bytes::from(vec![7u8; 300]),
+        },
+        Frame::Publish {
+            group: Bytes::from_static(b"g"),
+            except: 7,
+            text: false,
+            payload: Bytes::new(),
+        },
+        Frame::Broadcast {
+            except: 0,
+            text: true,
+            payload: Bytes::from_static(b"server restarting"),
+        },
+        Frame::Broadcast {
+            except: 1 << 48,
+            text: false,
+            payload: Bytes::new(),
+        },
+        Frame::Multicast {
+            targets: Targets::new(&[7]).unwrap(),
+            text: false,
+            payload: Bytes::new(),
+        },
+        Frame::Multicast {
+            targets: Targets::new(&[u64::MAX, 7, 7, 1]).unwrap(),
+            text: true,
+            payload: Bytes::from_static(b"you four"),
+        },
     ]
 }
 
@@ -323,10 +402,16 @@ fn random_bytes_never_panic() {
         let max_frame = if round % 2 == 0 && len >= HEADER_LEN {
             let length = (rng.below(len - 3) + 10) as u32;
             bytes[..4].copy_from_slice(&length.to_be_bytes());
-            let types = [1u8, 2, 3, 4, 5, 6, 0x10, 0x11, 0x12, 0x13];
+            let types = [
+                1u8, 2, 3, 4, 5, 6, 0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22, 0x23, 0x24,
+            ];
             let ty = types[rng.below(types.len())];
             bytes[4] = ty;
-            let session = if ty >= 0x10 { rng.next() | 1 } else { 0 };
+            let session = match FrameType::from_u8(ty).map(FrameType::session_rule) {
+                Some(SessionRule::NonZero) => rng.next() | 1,
+                Some(SessionRule::Any) => [0, rng.next()][rng.below(2)],
+                _ => 0,
+            };
             bytes[6..14].copy_from_slice(&session.to_be_bytes());
             [64, MAX][rng.below(2)]
         } else {
@@ -502,4 +587,353 @@ fn hello_ranges_that_cannot_be_sent() {
     // A range of one needs no flags, whatever the version.
     assert!(hello_versions(300, 300, 0, 1, "x").is_ok());
     assert!(hello_versions(1, 255, 0, 1, "x").is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 2: fan-out frames
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn fan_out_frames_decode_on_any_link_version() {
+    // The codec has no notion of the link's version: right after a version-1 HELLO_ACK, a JOIN
+    // still decodes, and it is the link that refuses it.
+    let mut stream = hello_ack(1, "old").to_vec();
+    stream.extend_from_slice(&join(7, Policy::Close, b"g").unwrap());
+    let frames = decode_reads([&stream[..]]);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[1].frame_type().since_version(), 2);
+}
+
+#[test]
+fn malformed_fan_out_frames() {
+    let g256 = vec![b'g'; 256];
+    let cases: Vec<(Vec<u8>, DecodeError)> = vec![
+        // The session rules.
+        (
+            raw(0x20, 0, 0, b"g"),
+            DecodeError::ZeroSession(FrameType::Join),
+        ),
+        (
+            raw(0x21, 0, 0, b"g"),
+            DecodeError::ZeroSession(FrameType::Leave),
+        ),
+        (
+            raw(0x24, 0, 5, b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x07"),
+            DecodeError::NonZeroSession {
+                ty: FrameType::Multicast,
+                session: 5,
+            },
+        ),
+        // JOIN: the policy and the group name.
+        (raw(0x20, 3, 7, b"g"), DecodeError::UnknownPolicy(3)),
+        (raw(0x20, 0xff, 7, b"g"), DecodeError::UnknownPolicy(0xff)),
+        (raw(0x20, 0x81, 7, b"g"), DecodeError::UnknownPolicy(0x81)),
+        (
+            raw(0x20, 0, 7, b""),
+            DecodeError::EmptyGroup(FrameType::Join),
+        ),
+        (
+            raw(0x20, 1, 7, &g256),
+            DecodeError::GroupTooLong {
+                ty: FrameType::Join,
+                len: 256,
+            },
+        ),
+        // LEAVE: the group name.
+        (
+            raw(0x21, 0, 7, b""),
+            DecodeError::EmptyGroup(FrameType::Leave),
+        ),
+        (
+            raw(0x21, 0, 7, &g256),
+            DecodeError::GroupTooLong {
+                ty: FrameType::Leave,
+                len: 256,
+            },
+        ),
+        // PUBLISH: the group length and name.
+        (
+            raw(0x22, 0, 0, b""),
+            DecodeError::Truncated {
+                ty: FrameType::Publish,
+                field: "group length",
+            },
+        ),
+        (
+            raw(0x22, 0, 0, b"\x00"),
+            DecodeError::EmptyGroup(FrameType::Publish),
+        ),
+        (
+            raw(0x22, 1, 3, b"\x00hi"),
+            DecodeError::EmptyGroup(FrameType::Publish),
+        ),
+        (
+            raw(0x22, 0, 0, b"\x05abc"),
+            DecodeError::Truncated {
+                ty: FrameType::Publish,
+                field: "group",
+            },
+        ),
+        (
+            raw(0x22, 0, 0, b"\xff"),
+            DecodeError::Truncated {
+                ty: FrameType::Publish,
+                field: "group",
+            },
+        ),
+        // MULTICAST: the count and the ids.
+        (
+            raw(0x24, 0, 0, b""),
+            DecodeError::Truncated {
+                ty: FrameType::Multicast,
+                field: "target count",
+            },
+        ),
+        (
+            raw(0x24, 0, 0, b"\x00"),
+            DecodeError::Truncated {
+                ty: FrameType::Multicast,
+                field: "target count",
+            },
+        ),
+        (raw(0x24, 0, 0, b"\x00\x00"), DecodeError::NoTargets),
+        (raw(0x24, 0, 0, b"\x00\x00payload"), DecodeError::NoTargets),
+        (
+            // Two ids announced, 15 bytes there.
+            raw(0x24, 0, 0, &[&[0, 2][..], &[1; 15]].concat()),
+            DecodeError::Truncated {
+                ty: FrameType::Multicast,
+                field: "targets",
+            },
+        ),
+        (
+            // The largest count, with one id there: an error, and nothing sized by the count.
+            raw(
+                0x24,
+                0,
+                0,
+                &[&[0xff, 0xff][..], &7u64.to_be_bytes()].concat(),
+            ),
+            DecodeError::Truncated {
+                ty: FrameType::Multicast,
+                field: "targets",
+            },
+        ),
+        (
+            raw(
+                0x24,
+                0,
+                0,
+                &[&[0, 2][..], &7u64.to_be_bytes(), &[0; 8]].concat(),
+            ),
+            DecodeError::ZeroTarget { index: 1 },
+        ),
+        (
+            raw(0x24, 1, 0, &[&[0, 1][..], &[0; 8], b"x"].concat()),
+            DecodeError::ZeroTarget { index: 0 },
+        ),
+        // MOVED is reserved, not defined; neither is anything else past MULTICAST.
+        (raw(0x14, 0, 7, b""), DecodeError::UnknownType(0x14)),
+        (raw(0x25, 0, 0, b""), DecodeError::UnknownType(0x25)),
+        (raw(0x1f, 0, 0, b""), DecodeError::UnknownType(0x1f)),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(malformed(&bytes), expected, "{bytes:02x?}");
+        // Whatever the read boundaries, the same error.
+        for small in [None, Some(0), Some(MAX)] {
+            assert_eq!(
+                outcome(&bytes, MAX, small),
+                (vec![], Some(expected.clone()))
+            );
+        }
+        // A body error waits for the whole body; a header error does not.
+        let in_header = matches!(
+            expected,
+            DecodeError::ZeroSession(_)
+                | DecodeError::NonZeroSession { .. }
+                | DecodeError::UnknownType(_)
+        );
+        let short = &bytes[..bytes.len() - 1];
+        let early = outcome(short, MAX, None).1;
+        assert_eq!(
+            early.is_some(),
+            in_header && short.len() >= HEADER_LEN,
+            "{early:?}"
+        );
+    }
+}
+
+#[test]
+fn fan_out_fields_that_are_accepted() {
+    // PUBLISH and BROADCAST take any session, 0 meaning none left out.
+    for except in [0, 1, u64::MAX] {
+        let frame = decode_one(&raw(0x23, 0, except, b"m"));
+        assert!(matches!(frame, Frame::Broadcast { except: e, .. } if e == except));
+        let frame = decode_one(&raw(0x22, 0, except, b"\x01gm"));
+        assert!(matches!(frame, Frame::Publish { except: e, .. } if e == except));
+    }
+    // Unknown flag bits are ignored where flags are bits; only bit 0 means text.
+    let frame = decode_one(&raw(0x22, 0xfe, 0, b"\x01g"));
+    assert_eq!(
+        frame,
+        Frame::Publish {
+            group: Bytes::from_static(b"g"),
+            except: 0,
+            text: false,
+            payload: Bytes::new()
+        }
+    );
+    let frame = decode_one(&raw(0x21, 0xff, 3, b"g"));
+    assert_eq!(
+        frame,
+        Frame::Leave {
+            session: 3,
+            group: Bytes::from_static(b"g")
+        }
+    );
+    let frame = decode_one(&raw(0x23, 0x81, 0, b""));
+    assert!(matches!(frame, Frame::Broadcast { text: true, .. }));
+    // A group name is raw bytes, UTF-8 or not; a PUBLISH payload after it may hold anything.
+    let frame = decode_one(&raw(0x22, 1, 0, b"\x02\xff\x00\x02\xff"));
+    assert_eq!(
+        frame,
+        Frame::Publish {
+            group: Bytes::from_static(b"\xff\x00"),
+            except: 0,
+            text: true,
+            payload: Bytes::from_static(b"\x02\xff")
+        }
+    );
+    // The same id twice is two targets: the list is the server's, as sent.
+    let frame = decode_one(&multicast(&[5, 5], false, b"").unwrap());
+    let Frame::Multicast { targets, .. } = frame else {
+        panic!("expected MULTICAST");
+    };
+    assert_eq!(targets.iter().collect::<Vec<_>>(), [5, 5]);
+}
+
+#[test]
+fn fan_out_bodies_are_slices_of_the_input_buffer() {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&publish(b"lobby", 0, false, &[1; 500]).unwrap());
+    buf.extend_from_slice(&multicast(&[3, 4, 5], false, &[2; 500]).unwrap());
+    buf.extend_from_slice(&join(3, Policy::Drop, b"lobby").unwrap());
+    let input = buf.as_ptr_range();
+    let within = |bytes: &Bytes| {
+        let got = bytes.as_ptr_range();
+        input.start <= got.start && got.end <= input.end
+    };
+    let Some(Frame::Publish { group, payload, .. }) = decode(&mut buf, MAX).unwrap() else {
+        panic!("expected PUBLISH");
+    };
+    assert!(within(&group) && within(&payload));
+    assert_eq!((&group[..], payload.len()), (&b"lobby"[..], 500));
+    let Some(Frame::Multicast {
+        targets, payload, ..
+    }) = decode(&mut buf, MAX).unwrap()
+    else {
+        panic!("expected MULTICAST");
+    };
+    assert!(within(targets.as_bytes()) && within(&payload));
+    let Some(Frame::Join { group, .. }) = decode(&mut buf, MAX).unwrap() else {
+        panic!("expected JOIN");
+    };
+    assert!(within(&group));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn decode_small_returns_fan_out_frames_whole() {
+    for bytes in [
+        publish(b"g", 0, true, b"hi").unwrap(),
+        broadcast(0, false, b"x"),
+        multicast(&[1], false, b"x").unwrap(),
+    ] {
+        let mut buf = BytesMut::from(&bytes[..]);
+        match decode_small(&mut buf, MAX, MAX) {
+            Ok(Some(Decoded::Frame(frame))) => assert_eq!(frame.encode().unwrap(), bytes),
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn multicast_to_the_most_targets() {
+    let ids: Vec<u64> = (1..=MAX_TARGETS as u64).collect();
+    let bytes = multicast(&ids, true, b"all").unwrap();
+    assert_eq!(bytes.len(), HEADER_LEN + 2 + 8 * MAX_TARGETS + 3);
+    let Frame::Multicast {
+        targets, payload, ..
+    } = decode_one(&bytes)
+    else {
+        panic!("expected MULTICAST");
+    };
+    assert_eq!(targets.len(), MAX_TARGETS);
+    assert!(targets.iter().eq(ids.iter().copied()));
+    assert_eq!(&payload[..], b"all");
+}
+
+#[test]
+fn fan_out_encoders_refuse_what_a_decoder_would() {
+    let g256 = [b'g'; 256];
+    let cases = [
+        (
+            join(0, Policy::Close, b"g"),
+            EncodeError::ZeroSession(FrameType::Join),
+        ),
+        (leave(0, b"g"), EncodeError::ZeroSession(FrameType::Leave)),
+        (
+            join(1, Policy::Close, b""),
+            EncodeError::EmptyGroup(FrameType::Join),
+        ),
+        (leave(1, b""), EncodeError::EmptyGroup(FrameType::Leave)),
+        (
+            publish(b"", 0, false, b"m"),
+            EncodeError::EmptyGroup(FrameType::Publish),
+        ),
+        (
+            join(1, Policy::Drop, &g256),
+            EncodeError::GroupTooLong {
+                ty: FrameType::Join,
+                len: 256,
+            },
+        ),
+        (
+            leave(1, &g256),
+            EncodeError::GroupTooLong {
+                ty: FrameType::Leave,
+                len: 256,
+            },
+        ),
+        (
+            publish(&g256, 0, false, b"m"),
+            EncodeError::GroupTooLong {
+                ty: FrameType::Publish,
+                len: 256,
+            },
+        ),
+        (multicast(&[], false, b"m"), EncodeError::TargetCount(0)),
+        (
+            multicast(&[1, 0, 2], false, b"m"),
+            EncodeError::ZeroTarget { index: 1 },
+        ),
+    ];
+    for (result, expected) in cases {
+        assert_eq!(result, Err(expected));
+    }
+    let too_many = vec![1u64; MAX_TARGETS + 1];
+    assert_eq!(
+        multicast(&too_many, false, b""),
+        Err(EncodeError::TargetCount(MAX_TARGETS + 1))
+    );
+    assert_eq!(
+        Targets::new(&too_many),
+        Err(EncodeError::TargetCount(MAX_TARGETS + 1))
+    );
+    assert_eq!(Targets::new(&[]), Err(EncodeError::TargetCount(0)));
+    assert_eq!(
+        Targets::new(&[0]),
+        Err(EncodeError::ZeroTarget { index: 0 })
+    );
 }
