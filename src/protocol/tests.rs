@@ -1,6 +1,7 @@
-//! Conformance tests for the codec as a whole: the byte-by-byte example of docs/protocol.md,
-//! version negotiation in HELLO, the version-2 fan-out frames and their malformed forms, round
-//! trips of every frame type at every split of the stream, and inputs that must not panic.
+//! Conformance tests for the codec as a whole: the byte-by-byte examples of docs/protocol.md
+//! (checked against the document itself), version negotiation in HELLO, the version-2 fan-out
+//! frames and their malformed forms, round trips of every frame type at every split of the stream,
+//! and inputs that must not panic.
 //!
 //! Owns nothing the runtime uses. Must never depend on anything but this module's public API.
 
@@ -62,7 +63,31 @@ fn raw(ty: u8, flags: u8, session: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-// The examples of docs/protocol.md, "Example: one session, byte by byte", copied byte for byte.
+// The examples of docs/protocol.md, copied byte for byte; `doc_examples_are_in_the_doc` checks
+// the copies against the document.
+
+const PROTOCOL_MD: &str = include_str!("../../docs/protocol.md");
+
+/// Whitespace-separated words of a line.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+fn is_hex_byte(word: &str) -> bool {
+    word.len() == 2 && word.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether the lines of `example` are consecutive lines of the document, each holding exactly
+/// those bytes (an annotation may follow, but no further byte).
+fn in_doc(example: &str) -> bool {
+    let doc: Vec<Vec<&str>> = PROTOCOL_MD.lines().map(words).collect();
+    let lines: Vec<Vec<&str>> = example.lines().map(words).collect();
+    doc.windows(lines.len()).any(|window| {
+        window.iter().zip(&lines).all(|(doc, ours)| {
+            doc.starts_with(ours) && doc.get(ours.len()).is_none_or(|next| !is_hex_byte(next))
+        })
+    })
+}
 
 const DOC_HELLO: &str =
     "00 00 00 13  01  02  00 00 00 00 00 00 00 00   00 01  00 00  00 02  67 77 31";
@@ -74,6 +99,45 @@ const DOC_OPEN: &str = "00 00 00 32  10  00  00 00 00 00 00 00 00 07
     00";
 const DOC_DATA: &str = "00 00 00 0c  12  01  00 00 00 00 00 00 00 07  68 69";
 const DOC_CLOSE: &str = "00 00 00 0f  13  00  00 00 00 00 00 00 00 07  0f a0 62 79 65";
+
+const DOC_HELLO_ACK_V2: &str = "00 00 00 0f  02  00  00 00 00 00 00 00 00 00   00 02  68 75 62";
+const DOC_JOIN: &str = "00 00 00 10  20  02  00 00 00 00 00 00 00 07  72 6f 6f 6d 2d 33";
+const DOC_LEAVE: &str = "00 00 00 10  21  00  00 00 00 00 00 00 00 07  72 6f 6f 6d 2d 33";
+const DOC_PUBLISH: &str =
+    "00 00 00 13  22  01  00 00 00 00 00 00 00 07  06 72 6f 6f 6d 2d 33  68 69";
+const DOC_BROADCAST: &str = "00 00 00 0c  23  01  00 00 00 00 00 00 00 00  67 6f";
+const DOC_MULTICAST: &str = "00 00 00 1d  24  00  00 00 00 00 00 00 00 00
+    00 02
+    00 00 00 00 00 00 00 07
+    00 00 00 00 00 00 00 09
+    2a";
+
+#[test]
+fn doc_examples_are_in_the_doc() {
+    for example in [
+        DOC_HELLO,
+        DOC_HELLO_ACK,
+        DOC_OPEN,
+        DOC_DATA,
+        DOC_CLOSE,
+        DOC_HELLO_ACK_V2,
+        DOC_JOIN,
+        DOC_LEAVE,
+        DOC_PUBLISH,
+        DOC_BROADCAST,
+        DOC_MULTICAST,
+    ] {
+        assert!(in_doc(example), "not in docs/protocol.md:\n{example}");
+    }
+    // The check itself: a byte more, a byte less or a changed byte is not found.
+    assert!(!in_doc("00 00 00 0c  23  01  00 00 00 00 00 00 00 00  67"));
+    assert!(!in_doc(
+        "00 00 00 0c  23  01  00 00 00 00 00 00 00 00  67 6f 00"
+    ));
+    assert!(!in_doc(
+        "00 00 00 0c  23  01  00 00 00 00 00 00 00 01  67 6f"
+    ));
+}
 
 #[test]
 fn doc_example_hello() {
@@ -144,6 +208,95 @@ fn doc_example_data() {
             payload: Bytes::from_static(b"hi")
         }
     );
+}
+
+#[test]
+fn doc_example_hello_ack_version_2() {
+    let bytes = hex(DOC_HELLO_ACK_V2);
+    assert_eq!(hello_ack(2, "hub")[..], bytes[..]);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::HelloAck {
+            version: 2,
+            server: "hub".into()
+        }
+    );
+}
+
+#[test]
+fn doc_example_join() {
+    let bytes = hex(DOC_JOIN);
+    assert_eq!(join(7, Policy::Latest, b"room-3").unwrap()[..], bytes[..]);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::Join {
+            session: 7,
+            policy: Policy::Latest,
+            group: Bytes::from_static(b"room-3")
+        }
+    );
+}
+
+#[test]
+fn doc_example_leave() {
+    let bytes = hex(DOC_LEAVE);
+    assert_eq!(leave(7, b"room-3").unwrap()[..], bytes[..]);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::Leave {
+            session: 7,
+            group: Bytes::from_static(b"room-3")
+        }
+    );
+}
+
+#[test]
+fn doc_example_publish() {
+    let bytes = hex(DOC_PUBLISH);
+    assert_eq!(publish(b"room-3", 7, true, b"hi").unwrap()[..], bytes[..]);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::Publish {
+            group: Bytes::from_static(b"room-3"),
+            except: 7,
+            text: true,
+            payload: Bytes::from_static(b"hi")
+        }
+    );
+}
+
+#[test]
+fn doc_example_broadcast() {
+    let bytes = hex(DOC_BROADCAST);
+    assert_eq!(broadcast(0, true, b"go")[..], bytes[..]);
+    assert_eq!(
+        decode_one(&bytes),
+        Frame::Broadcast {
+            except: 0,
+            text: true,
+            payload: Bytes::from_static(b"go")
+        }
+    );
+}
+
+#[test]
+fn doc_example_multicast() {
+    let bytes = hex(DOC_MULTICAST);
+    assert_eq!(multicast(&[7, 9], false, b"\x2a").unwrap()[..], bytes[..]);
+    let frame = decode_one(&bytes);
+    assert_eq!(
+        frame,
+        Frame::Multicast {
+            targets: Targets::new(&[7, 9]).unwrap(),
+            text: false,
+            payload: Bytes::from_static(b"\x2a")
+        }
+    );
+    let Frame::Multicast { targets, .. } = frame else {
+        unreachable!()
+    };
+    assert_eq!(targets.len(), 2);
+    assert_eq!(targets.iter().collect::<Vec<_>>(), [7, 9]);
 }
 
 #[test]
