@@ -161,6 +161,24 @@ assert up_frame(1, struct.pack(">HHH", 1, 0, 2) + b"gw1", flags=2) == HELLO
 assert up_frame(0x12, b"hi", session=7, flags=1) == DATA
 assert len(OPEN) == 4 + 0x32
 
+# The fan-out examples of docs/protocol.md (version 2).
+HELLO_ACK_V2 = bytes.fromhex("0000000f 02 00 0000000000000000 0002 687562".replace(" ", ""))
+JOIN = bytes.fromhex("00000010 20 02 0000000000000007 726f6f6d2d33".replace(" ", ""))
+LEAVE = bytes.fromhex("00000010 21 00 0000000000000007 726f6f6d2d33".replace(" ", ""))
+PUBLISH = bytes.fromhex("00000013 22 01 0000000000000007 06 726f6f6d2d33 6869".replace(" ", ""))
+BROADCAST = bytes.fromhex("0000000c 23 01 0000000000000000 676f".replace(" ", ""))
+MULTICAST = bytes.fromhex(
+    "0000001d 24 00 0000000000000000 0002 0000000000000007 0000000000000009 2a".replace(" ", "")
+)
+assert up_frame(0x20, b"room-3", session=7, flags=2) == JOIN
+assert up_frame(0x22, lp8(b"room-3") + b"hi", session=7, flags=1) == PUBLISH
+assert up_frame(0x24, struct.pack(">HQQ", 2, 7, 9) + b"\x2a") == MULTICAST
+
+
+def ids(*sessions):
+    return struct.pack(">H", len(sessions)) + b"".join(struct.pack(">Q", s) for s in sessions)
+
+
 OPEN_HEADERS = up_frame(
     0x10,
     lp16("ålice".encode()) + lp8(b"[2001:db8::1]:443") + lp16(b"/ws?user=alice&room=3") + bytes([2])
@@ -189,6 +207,21 @@ ud = {
     "open_trailing": ctl(255) + OPEN[:3] + bytes([0x33]) + OPEN[4:] + b"\x00",
     "open_truncated_header": ctl(255) + up_frame(0x10, b"\x00\x00\x00\x00\x00\x01", session=7),
     "hello_v1_only": ctl(255) + HELLO_V1,
+    "fan_out_doc_examples": ctl(255, 3, 5)
+    + HELLO + HELLO_ACK_V2 + JOIN + PUBLISH + BROADCAST + MULTICAST + LEAVE,
+    "fan_out_edges": ctl(255, 9, 1)
+    + up_frame(0x20, b"g" * 255, session=1, flags=1)
+    + up_frame(0x22, lp8(b"g" * 255), session=0)
+    + up_frame(0x23, b"", session=(1 << 64) - 1)
+    + up_frame(0x24, ids(5, 5, (1 << 64) - 1) + bytes(range(100)), flags=1),
+    "join_bad_policy": ctl(255) + up_frame(0x20, b"room", session=7, flags=3),
+    "leave_empty_group": ctl(255) + up_frame(0x21, b"", session=7),
+    "join_group_too_long": ctl(255) + up_frame(0x20, b"g" * 256, session=7),
+    "publish_group_truncated": ctl(255) + up_frame(0x22, b"\x05abc"),
+    "multicast_huge_count": ctl(255) + up_frame(0x24, struct.pack(">HQ", 0xFFFF, 7)),
+    "multicast_zero_target": ctl(255) + up_frame(0x24, ids(7, 0) + b"x"),
+    "multicast_with_session": ctl(255) + up_frame(0x24, ids(7), session=7),
+    "moved_reserved": ctl(255) + up_frame(0x14, b"", session=7),
 }
 for name, data in ud.items():
     write("upstream_decoder", name, data)
