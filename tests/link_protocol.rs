@@ -33,9 +33,10 @@ fn hello_open_data_close_and_ping_on_the_wire() {
     let proxy = proxy(up, "link_ping_interval = \"200ms\"\nlink_timeout = \"5s\"");
     let mut link = link::accept(&server);
 
-    // HELLO: version 1, core 0 of 1, our instance id.
+    // HELLO: versions 1 (the field) to 2 (the flags), core 0 of 1, our instance id. A version-1
+    // server ignores the flags and answers 1, as here.
     let hello = link::read_frame(&mut link);
-    assert_eq!((hello.ty, hello.session), (HELLO, 0));
+    assert_eq!((hello.ty, hello.flags, hello.session), (HELLO, 2, 0));
     assert_eq!(&hello.body[0..2], &[0, 1], "version");
     assert_eq!(&hello.body[2..4], &[0, 0], "core");
     assert_eq!(&hello.body[4..6], &[0, 1], "workers");
@@ -140,11 +141,11 @@ fn version_mismatch_is_an_error_and_the_link_retries() {
     let mut link = link::accept(&server);
     let hello = link::read_frame(&mut link);
     assert_eq!(hello.ty, HELLO);
-    // We answer with a version ringgate does not speak.
-    link::write_frame(&mut link, HELLO_ACK, 0, 0, &[0, 2, b'x']);
+    // We answer with a version ringgate did not offer.
+    link::write_frame(&mut link, HELLO_ACK, 0, 0, &[0, 3, b'x']);
     let line = proxy.proc.wait_stderr("version mismatch", LINK_TIMEOUT);
     assert!(
-        line.contains("we speak 1") && line.contains("answered 2"),
+        line.contains("we speak 1..=2") && line.contains("answered 3"),
         "{line}"
     );
 
@@ -156,7 +157,7 @@ fn version_mismatch_is_an_error_and_the_link_retries() {
     link::write_frame(&mut again, LINK_ERROR, 0, 0, &body);
     proxy
         .proc
-        .wait_stderr("does not speak protocol version 1", LINK_TIMEOUT);
+        .wait_stderr("speaks none of protocol versions 1..=2", LINK_TIMEOUT);
 
     // With no link up, a client is turned away before the upgrade.
     let gw = proxy.ready();

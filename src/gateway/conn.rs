@@ -129,9 +129,15 @@ impl Conn {
         self.queue().push_copy(&head[..len], payload);
     }
 
-    /// Queues bytes verbatim (the handshake response).
+    /// Queues bytes verbatim: the handshake response, or a whole frame shared with other queues.
     pub fn push_raw(&self, bytes: Bytes) {
         self.queue().push(&[], bytes);
+    }
+
+    /// Queues a whole frame of the `latest` series `tag`, dropping the series' older frame that
+    /// has not started to leave (see [`OutQueue::push_latest`]); whether one was dropped.
+    pub fn push_latest(&self, frame: Bytes, tag: u32) -> bool {
+        self.queue().push_latest(frame, tag)
     }
 
     fn queue(&self) -> std::cell::RefMut<'_, OutQueue> {

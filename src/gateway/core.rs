@@ -126,6 +126,12 @@ counters! {
     received_from_other_core,
     messages_in,
     messages_out,
+    /// PUBLISH, BROADCAST and MULTICAST frames from game servers.
+    fanouts,
+    /// Fan-out messages dropped for members of a `drop` group past `max_client_backlog`.
+    fanout_dropped,
+    /// Queued messages of a `latest` group replaced by a newer one before they left.
+    fanout_replaced,
     protocol_errors,
     idle_timeouts,
     backlog_closes,

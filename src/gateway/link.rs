@@ -184,9 +184,9 @@ impl Link {
                 }
             };
             match attempt {
-                Ok(stream) => {
+                Ok((stream, version)) => {
                     let began = Instant::now();
-                    self.on_up(&core, stream);
+                    self.on_up(&core, stream, version);
                     first_done();
                     let end = match Caught::new(self.serve(&core)).await {
                         Some(end) => end,
@@ -218,7 +218,8 @@ impl Link {
         }
     }
 
-    async fn connect(&self, core: &Core) -> Result<TcpStream, ConnectError> {
+    /// Connects and shakes hands; the stream and the protocol version the game server picked.
+    async fn connect(&self, core: &Core) -> Result<(TcpStream, u16), ConnectError> {
         let limit = self.settings.connect_timeout;
         let stream = monoio::time::timeout(limit, TcpStream::connect_addr(self.addr))
             .await
@@ -259,16 +260,16 @@ impl Link {
         })
         .await
         .map_err(|_| ConnectError::Timeout)??;
-        handshake::accept_reply(reply, buf.len())?;
-        Ok(stream)
+        let version = handshake::accept_reply(reply, buf.len())?;
+        Ok((stream, version))
     }
 
-    fn on_up(self: &Rc<Self>, core: &Core, stream: TcpStream) {
+    fn on_up(self: &Rc<Self>, core: &Core, stream: TcpStream, version: u16) {
         let stream = Rc::new(stream);
         *self.stream.borrow_mut() = Some(stream.clone());
-        self.machine.borrow_mut().on_up(Instant::now());
+        self.machine.borrow_mut().on_up(version, Instant::now());
         self.links_up.set(self.links_up.get() + 1);
-        tracing::info!(core = core.index, upstream = %self.name, "upstream link up");
+        tracing::info!(core = core.index, upstream = %self.name, version, "upstream link up");
         monoio::spawn(self.clone().keepalive(stream));
     }
 
@@ -340,6 +341,7 @@ impl Link {
                 session.state.borrow_mut().session.upstream_gone();
                 core.close(&session, code, &reason);
             }
+            Action::Fanout(f) => core.fan_out(f),
             Action::Reply(frame) => self.push(frame),
             Action::GoingAway { code, reason } => {
                 tracing::info!(upstream = %self.name, code, %reason, "game server going away");

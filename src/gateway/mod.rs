@@ -32,6 +32,7 @@ mod admin;
 pub mod admission;
 pub mod conn;
 pub mod core;
+mod fanout;
 mod heartbeat;
 mod inflight;
 pub mod link;

@@ -3,7 +3,8 @@
 //! session, close that session with this code, answer with this frame, the link is over and why).
 //!
 //! Owns the rules of one link (docs/protocol.md): the HELLO handshake ([`handshake`]), the table
-//! of the sessions it carries, keepalive, GOAWAY, the end-of-link reasons and the close code they
+//! of the sessions it carries and, from version 2, their groups ([`groups`]) and the fan-out of
+//! one message to many, keepalive, GOAWAY, the end-of-link reasons and the close code they
 //! give its sessions, the backlog rule, the reconnect backoff ([`backoff`]) and the routing of a
 //! session to a link ([`router`]). Imports only the codecs. Must never touch a socket, a timer or a
 //! queue; the driver (`gateway::link`) applies every decision. Generic over the driver's session
@@ -14,12 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::protocol::{self as proto, link_code, DecodeError, Frame, FrameType, OpenInfo};
+use crate::protocol::{self as proto, link_code, DecodeError, Frame, FrameType, OpenInfo, Policy};
 use crate::ws::is_valid_close_code;
 
 pub mod backoff;
+pub mod groups;
 pub mod handshake;
 pub mod router;
+
+use groups::{GroupId, Groups};
 
 #[cfg(test)]
 mod tests;
@@ -57,12 +61,25 @@ pub enum Action<S> {
         code: u16,
         reason: String,
     },
+    /// Queue one message to many sessions (PUBLISH, BROADCAST, MULTICAST): framed once, shared by
+    /// every target's queue.
+    Fanout(Fanout<S>),
     /// Send this frame back on the link.
     Reply(Bytes),
     /// The game server announced it is going away; its sessions get `code` when the link ends.
     GoingAway { code: u16, reason: String },
     /// The link is over: send `reply` if there is one (a LINK_ERROR), then tear it down.
     Fail { reply: Option<Bytes>, end: LinkEnd },
+}
+
+/// One message for many sessions, each with the slow-member policy it is sent under.
+#[derive(Debug)]
+pub struct Fanout<S> {
+    pub targets: Vec<(S, Policy)>,
+    /// The group published to, for the `latest` policy; 0 for BROADCAST and MULTICAST.
+    pub group: GroupId,
+    pub text: bool,
+    pub payload: Bytes,
 }
 
 /// What the keepalive timer asks of the driver.
@@ -82,9 +99,12 @@ pub struct Teardown<S> {
 
 pub struct Link<S> {
     up: bool,
+    /// The protocol version the game server picked.
+    version: u16,
     /// Keyed by our own session ids, so a multiply-and-fold hash is enough: SipHash's defence
     /// against chosen keys would be paid on every DATA frame for nothing.
     sessions: FxHashMap<u64, S>,
+    groups: Groups<S>,
     /// The code and reason of the game server's GOAWAY, given to the sessions when the link ends.
     goaway: Option<(u16, String)>,
     last_rx: Instant,
@@ -101,16 +121,19 @@ impl<S: Clone> Link<S> {
     pub fn new(now: Instant) -> Link<S> {
         Link {
             up: false,
+            version: proto::MIN_VERSION,
             sessions: FxHashMap::default(),
+            groups: Groups::default(),
             goaway: None,
             last_rx: now,
             ping_seq: 0,
         }
     }
 
-    /// The handshake succeeded: sessions may be opened on the link from now on.
-    pub fn on_up(&mut self, now: Instant) {
+    /// The handshake succeeded with `version`: sessions may be opened on the link from now on.
+    pub fn on_up(&mut self, version: u16, now: Instant) {
         self.up = true;
+        self.version = version;
         self.goaway = None;
         self.last_rx = now;
     }
@@ -119,8 +142,17 @@ impl<S: Clone> Link<S> {
         self.up
     }
 
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// How many groups have members on this link.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
     }
 
     /// The session with this id, if the link carries it.
@@ -157,6 +189,7 @@ impl<S: Clone> Link<S> {
     /// game server ("player offline") is returned when it is owed (`tell`) and the link is up.
     pub fn closed(&mut self, id: u64, code: u16, tell: bool) -> Option<Bytes> {
         let carried = self.sessions.remove(&id).is_some();
+        self.groups.leave_all(id);
         (carried && tell && self.up).then(|| proto::close(id, code, ""))
     }
 
@@ -168,6 +201,10 @@ impl<S: Clone> Link<S> {
     /// A whole frame from the game server (DATA bodies of game size are delivered by the driver
     /// through [`Link::session`] without becoming a frame).
     pub fn on_frame(&mut self, frame: Frame) -> Action<S> {
+        // A frame of a later version than the link's is as unknown as an undefined type.
+        if frame.frame_type().since_version() > self.version {
+            return unexpected(frame.frame_type());
+        }
         match frame {
             Frame::Data {
                 session,
@@ -190,14 +227,75 @@ impl<S: Clone> Link<S> {
                 session,
                 code,
                 reason,
-            } => match self.sessions.remove(&session) {
-                Some(s) => Action::CloseSession {
-                    session: s,
-                    code: ws_close_code(code),
-                    reason,
-                },
+            } => {
+                self.groups.leave_all(session);
+                match self.sessions.remove(&session) {
+                    Some(s) => Action::CloseSession {
+                        session: s,
+                        code: ws_close_code(code),
+                        reason,
+                    },
+                    None => Action::None,
+                }
+            }
+            Frame::Join {
+                session,
+                policy,
+                group,
+            } => {
+                // A session already gone is ignored: its CLOSE may be crossing this JOIN.
+                if let Some(s) = self.sessions.get(&session) {
+                    self.groups.join(session, s.clone(), policy, &group);
+                }
+                Action::None
+            }
+            Frame::Leave { session, group } => {
+                self.groups.leave(session, &group);
+                Action::None
+            }
+            Frame::Publish {
+                group,
+                except,
+                text,
+                payload,
+            } => match self.groups.members(&group, except) {
+                Some((group, targets)) => Action::Fanout(Fanout {
+                    targets,
+                    group,
+                    text,
+                    payload,
+                }),
                 None => Action::None,
             },
+            Frame::Broadcast {
+                except,
+                text,
+                payload,
+            } => Action::Fanout(Fanout {
+                targets: self
+                    .sessions
+                    .iter()
+                    .filter(|(id, _)| **id != except)
+                    .map(|(_, s)| (s.clone(), Policy::Close))
+                    .collect(),
+                group: 0,
+                text,
+                payload,
+            }),
+            Frame::Multicast {
+                targets,
+                text,
+                payload,
+            } => Action::Fanout(Fanout {
+                targets: targets
+                    .iter()
+                    .filter_map(|id| self.sessions.get(&id))
+                    .map(|s| (s.clone(), Policy::Close))
+                    .collect(),
+                group: 0,
+                text,
+                payload,
+            }),
             Frame::Ping(token) => Action::Reply(proto::pong(token)),
             Frame::Pong(_) => Action::None,
             Frame::GoAway { code, reason } => {
@@ -211,13 +309,6 @@ impl<S: Clone> Link<S> {
             Frame::Hello { .. } => unexpected(FrameType::Hello),
             Frame::HelloAck { .. } => unexpected(FrameType::HelloAck),
             Frame::Open { .. } => unexpected(FrameType::Open),
-            // Version-2 frames: the handshake accepts version 1 only so far, where they are not
-            // defined.
-            other @ (Frame::Join { .. }
-            | Frame::Leave { .. }
-            | Frame::Publish { .. }
-            | Frame::Broadcast { .. }
-            | Frame::Multicast { .. }) => unexpected(other.frame_type()),
         }
     }
 
@@ -247,6 +338,7 @@ impl<S: Clone> Link<S> {
             .goaway
             .take()
             .unwrap_or((1011, "upstream lost".to_string()));
+        self.groups.clear();
         Teardown {
             code,
             reason,

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 
 use crate::link::handshake::{accept_reply, hello, HandshakeError};
-use crate::protocol::{Open, VERSION};
+use crate::protocol::{Open, Policy, MAX_VERSION, VERSION};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -41,10 +41,10 @@ fn info() -> OpenInfo<'static> {
     }
 }
 
-/// A link that completed its handshake at `now`.
+/// A link that completed its handshake at `now`, on version 1.
 fn up_link<S: Clone>(now: Instant) -> Link<S> {
     let mut link = Link::new(now);
-    link.on_up(now);
+    link.on_up(VERSION, now);
     link
 }
 
@@ -108,38 +108,40 @@ fn hello_carries_our_version_and_identity() {
 }
 
 #[test]
-fn hello_ack_of_our_version_alone_opens_the_link() {
+fn hello_ack_of_a_version_we_offered_opens_the_link_on_it() {
     let ack = from_server(proto::hello_ack(VERSION, "game-1"));
-    assert_eq!(accept_reply(ack, 0), Ok(()));
+    assert_eq!(accept_reply(ack, 0), Ok(1));
+    let ack = from_server(proto::hello_ack(MAX_VERSION, "game-1"));
+    assert_eq!(accept_reply(ack, 0), Ok(2));
     // The server name does not matter.
     let ack = from_server(proto::hello_ack(VERSION, ""));
-    assert_eq!(accept_reply(ack, 0), Ok(()));
+    assert_eq!(accept_reply(ack, 0), Ok(1));
 }
 
 #[test]
 fn hello_ack_of_another_version_is_a_version_mismatch() {
-    let ack = from_server(proto::hello_ack(2, "game-1"));
+    let ack = from_server(proto::hello_ack(3, "game-1"));
     let err = accept_reply(ack, 0).unwrap_err();
-    assert_eq!(err, HandshakeError::Version { ours: 1, theirs: 2 });
+    assert_eq!(err, HandshakeError::Version { theirs: 3 });
     assert_eq!(
         err.to_string(),
-        "version mismatch: we speak 1, the game server answered 2"
+        "version mismatch: we speak 1..=2, the game server answered 3"
     );
     assert!(err.is_version());
-    // Version 0 as well: not taken for ours.
+    // Version 0 as well: not in the range.
     let ack = from_server(proto::hello_ack(0, "game-1"));
     assert_eq!(
         accept_reply(ack, 0),
-        Err(HandshakeError::Version { ours: 1, theirs: 0 })
+        Err(HandshakeError::Version { theirs: 0 })
     );
 }
 
 #[test]
 fn a_version_mismatch_is_reported_even_with_bytes_following() {
-    let ack = from_server(proto::hello_ack(2, "game-1"));
+    let ack = from_server(proto::hello_ack(3, "game-1"));
     assert_eq!(
         accept_reply(ack, 14),
-        Err(HandshakeError::Version { ours: 1, theirs: 2 })
+        Err(HandshakeError::Version { theirs: 3 })
     );
 }
 
@@ -159,7 +161,7 @@ fn link_error_unsupported_version_is_unsupported() {
     assert!(err.is_version());
     assert!(
         err.to_string()
-            .starts_with("the game server does not speak protocol version 1"),
+            .starts_with("the game server speaks none of protocol versions 1..=2"),
         "{err}"
     );
     assert!(err.to_string().ends_with(": only 2 here"), "{err}");
@@ -288,7 +290,7 @@ fn data_header_only_while_up() {
     let mut link: Link<u32> = Link::new(Instant::now());
     assert!(!link.is_up());
     assert_eq!(link.data_header(1, true, 5), None, "before on_up");
-    link.on_up(Instant::now());
+    link.on_up(VERSION, Instant::now());
     assert!(link.is_up());
     assert!(link.data_header(1, true, 5).is_some());
     let _ = link.end();
@@ -637,7 +639,7 @@ fn a_goaway_applies_to_one_connection_only() {
     let _ = link.on_frame(from_server(proto::goaway(1012, "restarting")));
     assert_eq!(link.end().code, 1012);
     // Reconnected, and this connection dies without GOAWAY.
-    link.on_up(Instant::now());
+    link.on_up(VERSION, Instant::now());
     link.open(2, 200, &info()).unwrap();
     let teardown = link.end();
     assert_eq!(
@@ -651,7 +653,7 @@ fn on_up_forgets_an_old_goaway() {
     let mut link = link_with(&[(1, 100)]);
     let _ = link.on_frame(from_server(proto::goaway(1012, "restarting")));
     // A new connection comes up before the old one's end was processed.
-    link.on_up(Instant::now());
+    link.on_up(VERSION, Instant::now());
     assert_eq!(link.end().code, 1011);
 }
 
@@ -831,7 +833,7 @@ fn keepalive_counts_silence_from_on_up() {
     let timeout = Duration::from_secs(30);
     let mut link: Link<u32> = Link::new(t0);
     // The handshake took a while; the new connection's silence starts when it came up.
-    link.on_up(t0 + Duration::from_secs(100));
+    link.on_up(VERSION, t0 + Duration::from_secs(100));
     assert_eq!(
         ping_token(link.keepalive(t0 + Duration::from_secs(110), timeout)),
         1
@@ -882,4 +884,119 @@ fn between_half_and_full_neither_rule_fires() {
         assert!(!congested(queued, 1000), "{queued}");
         assert!(!relieved(queued, 1000), "{queued}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out (version 2)
+// ---------------------------------------------------------------------------------------------
+
+/// An up link on version 2 carrying sessions `id -> handle`.
+fn v2_link_with(sessions: &[(u64, u32)]) -> Link<u32> {
+    let mut link = Link::new(Instant::now());
+    link.on_up(2, Instant::now());
+    for &(id, handle) in sessions {
+        link.open(id, handle, &info()).unwrap();
+    }
+    link
+}
+
+fn join(link: &mut Link<u32>, session: u64, policy: Policy, group: &[u8]) {
+    let frame = from_server(proto::join(session, policy, group).unwrap());
+    assert!(matches!(link.on_frame(frame), Action::None));
+}
+
+/// The targets of a fan-out action, sorted, with its group id.
+fn fanout_of(action: Action<u32>) -> (Vec<(u32, Policy)>, u32, bool, Bytes) {
+    let Action::Fanout(f) = action else {
+        panic!("expected a fan-out, got {action:?}");
+    };
+    let mut t = f.targets;
+    t.sort_by_key(|(h, _)| *h);
+    (t, f.group, f.text, f.payload)
+}
+
+#[test]
+fn publish_reaches_the_members_of_the_group_but_the_sender() {
+    let mut link = v2_link_with(&[(1, 10), (2, 20), (3, 30)]);
+    join(&mut link, 1, Policy::Close, b"red");
+    join(&mut link, 2, Policy::Latest, b"red");
+    join(&mut link, 3, Policy::Drop, b"blue");
+    let publish = from_server(proto::publish(b"red", 0, true, b"hi").unwrap());
+    let (targets, group, text, payload) = fanout_of(link.on_frame(publish));
+    assert_eq!(targets, vec![(10, Policy::Close), (20, Policy::Latest)]);
+    assert_ne!(group, 0);
+    assert!(text);
+    assert_eq!(&payload[..], b"hi");
+    let publish = from_server(proto::publish(b"red", 1, false, b"x").unwrap());
+    assert_eq!(
+        fanout_of(link.on_frame(publish)).0,
+        vec![(20, Policy::Latest)]
+    );
+    // An unknown group delivers nothing.
+    let publish = from_server(proto::publish(b"green", 0, false, b"x").unwrap());
+    assert!(matches!(link.on_frame(publish), Action::None));
+}
+
+#[test]
+fn leave_and_close_take_a_session_out_of_its_groups() {
+    let mut link = v2_link_with(&[(1, 10), (2, 20)]);
+    join(&mut link, 1, Policy::Close, b"red");
+    join(&mut link, 2, Policy::Close, b"red");
+    join(&mut link, 1, Policy::Close, b"blue");
+    let leave = from_server(proto::leave(2, b"red").unwrap());
+    assert!(matches!(link.on_frame(leave), Action::None));
+    let publish = || from_server(proto::publish(b"red", 0, false, b"x").unwrap());
+    assert_eq!(
+        fanout_of(link.on_frame(publish())).0,
+        vec![(10, Policy::Close)]
+    );
+    // The client side closing: session 1 leaves red and blue.
+    link.closed(1, 1000, true);
+    assert!(matches!(link.on_frame(publish()), Action::None));
+    assert_eq!(link.group_count(), 0);
+    // The server closing a session does the same.
+    join(&mut link, 2, Policy::Close, b"red");
+    link.on_frame(close_from_server(2, 1000, ""));
+    assert_eq!(link.group_count(), 0);
+}
+
+#[test]
+fn a_join_for_a_session_the_link_does_not_carry_is_ignored() {
+    let mut link = v2_link_with(&[(1, 10)]);
+    join(&mut link, 99, Policy::Close, b"red");
+    assert_eq!(link.group_count(), 0);
+}
+
+#[test]
+fn broadcast_and_multicast_reach_their_sessions_under_the_close_rule() {
+    let mut link = v2_link_with(&[(1, 10), (2, 20), (3, 30)]);
+    let b = from_server(proto::broadcast(2, true, b"all"));
+    let (targets, group, ..) = fanout_of(link.on_frame(b));
+    assert_eq!(targets, vec![(10, Policy::Close), (30, Policy::Close)]);
+    assert_eq!(group, 0);
+    let m = from_server(proto::multicast(&[3, 1, 77], false, b"some").unwrap());
+    let (targets, ..) = fanout_of(link.on_frame(m));
+    assert_eq!(
+        targets,
+        vec![(10, Policy::Close), (30, Policy::Close)],
+        "77 is unknown"
+    );
+}
+
+#[test]
+fn version_2_frames_on_a_version_1_link_fail_it() {
+    let mut link = link_with(&[(1, 10)]);
+    let frame = from_server(proto::join(1, Policy::Close, b"red").unwrap());
+    let action = link.on_frame(frame);
+    assert_eq!(link_error_of(&action).0, link_code::MALFORMED);
+    let frame = from_server(proto::broadcast(0, true, b"x"));
+    assert_eq!(link_error_of(&link.on_frame(frame)).0, link_code::MALFORMED);
+}
+
+#[test]
+fn a_link_that_ends_forgets_its_groups() {
+    let mut link = v2_link_with(&[(1, 10)]);
+    join(&mut link, 1, Policy::Close, b"red");
+    link.end();
+    assert_eq!(link.group_count(), 0);
 }

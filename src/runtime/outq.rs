@@ -28,6 +28,8 @@ struct OutFrame {
     payload: Bytes,
     head: [u8; HEAD_CAP],
     head_len: u8,
+    /// Which `latest` series the frame belongs to (see [`OutQueue::push_latest`]); 0 for none.
+    tag: u32,
     /// Bytes of head + payload already written.
     sent: usize,
 }
@@ -97,6 +99,27 @@ impl OutQueue {
 
     /// Queues `head` (at most [`HEAD_CAP`] bytes; longer is a caller bug and is cut) then `payload`.
     pub fn push(&mut self, head: &[u8], payload: Bytes) {
+        self.push_tagged(head, payload, 0);
+    }
+
+    /// Queues a whole frame of the series `tag` (non-zero) and drops the series' older frame if it
+    /// has not started to leave: a reader that falls behind gets only the newest of the series.
+    /// The newer frame goes to the back, not into the older one's place, so that it still leaves
+    /// after everything queued before it. Returns whether an older frame was dropped.
+    pub fn push_latest(&mut self, frame: Bytes, tag: u32) -> bool {
+        let older = self
+            .frames
+            .iter()
+            .rposition(|f| f.tag == tag && f.sent == 0);
+        let dropped = older
+            .and_then(|i| self.frames.remove(i))
+            .map(|f| self.queued -= f.len())
+            .is_some();
+        self.push_tagged(&[], frame, tag);
+        dropped
+    }
+
+    fn push_tagged(&mut self, head: &[u8], payload: Bytes, tag: u32) {
         self.seal_run();
         let n = head.len().min(HEAD_CAP);
         let mut h = [0u8; HEAD_CAP];
@@ -105,6 +128,7 @@ impl OutQueue {
             payload,
             head: h,
             head_len: n as u8,
+            tag,
             sent: 0,
         };
         self.queued += f.len();
@@ -119,6 +143,7 @@ impl OutQueue {
                 payload: run,
                 head: [0; HEAD_CAP],
                 head_len: 0,
+                tag: 0,
                 sent: std::mem::take(&mut self.run_sent),
             });
         }
@@ -518,5 +543,54 @@ mod tests {
         let left_of_first = q.queued() - 5;
         q.discard_unsent();
         assert_eq!(q.queued(), left_of_first);
+    }
+
+    fn drain(q: &mut OutQueue) -> Vec<u8> {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Done);
+        drop(a);
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    #[test]
+    fn push_latest_keeps_the_newest_of_a_series_behind_what_came_between() {
+        let mut q = OutQueue::default();
+        assert!(!q.push_latest(Bytes::from_static(b"[s1]"), 7));
+        q.push(b"", Bytes::from_static(b"[d]"));
+        q.push_copy(b"", b"[c]");
+        assert!(
+            !q.push_latest(Bytes::from_static(b"[t1]"), 9),
+            "another series"
+        );
+        assert!(q.push_latest(Bytes::from_static(b"[s2]"), 7));
+        assert!(q.push_latest(Bytes::from_static(b"[s3]"), 7));
+        assert_eq!(q.queued(), 4 + 3 + 3 + 4 + 4);
+        assert_eq!(drain(&mut q), b"[d][c][t1][s3]");
+    }
+
+    #[test]
+    fn push_latest_never_drops_a_frame_that_started_to_leave() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::default();
+        let big = Bytes::from(vec![1u8; 4 << 20]);
+        q.push_latest(big.clone(), 3);
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
+        assert!(!q.push_latest(Bytes::from_static(b"new"), 3));
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).unwrap();
+            all
+        });
+        while q.flush(a.as_fd()).unwrap() == Flush::Blocked {
+            std::thread::yield_now();
+        }
+        drop(a);
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), big.len() + 3);
+        assert_eq!(&all[big.len()..], b"new");
     }
 }
