@@ -8,20 +8,26 @@
 //! Commands, sent as a session's DATA payload: the text `whoami` (the answer is a JSON object of
 //! exactly what the session's OPEN carried: `session`, `user`, `address`, `target`, `headers`,
 //! `claims`), `kick` (the server closes the session with 4000 "kicked"), `stall` (the server stops
-//! reading that link for good). A session whose user id starts
-//! with `refuse` is refused with 4003. On SIGINT/SIGTERM (process mode) every link gets GOAWAY 1012
-//! "restarting" before the server exits.
+//! reading that link for good). On a link of protocol version 2, a chat: `join <room> [close|drop|
+//! latest]` (answered `joined <room>`), `leave <room>` (answered `left <room>`), `say <room> <text>`
+//! (published to the room, sender included, as `<user>@<room>: <text>`) and `all <text>` (broadcast
+//! to every session as `<user>@all: <text>`). A room's members may be on any link of any worker, so
+//! room messages and broadcasts go out on every version-2 link (ringgate delivers each to the
+//! members it holds). A session whose user id starts with `refuse` is refused with 4003. On
+//! SIGINT/SIGTERM (process mode) every link gets GOAWAY 1012 "restarting" before the server exits.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::protocol::{self as proto, Frame, FrameType, Open};
-use crate::runtime::event::Event;
+use crate::protocol::{self as proto, Frame, FrameType, Open, Policy};
+use crate::runtime::event::{Event, Notify};
 use crate::runtime::{sys, Flush, OutQueue, ReadOutcome};
 
 /// A running echo server.
@@ -50,15 +56,19 @@ pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::R
     let mut addr = listen;
     let mut stop = Vec::new();
     let mut threads = Vec::new();
-    for i in 0..workers.max(1) {
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        (0..workers.max(1)).map(|_| flume::unbounded()).unzip();
+    let hub = Arc::new(Hub { inboxes });
+    for (i, inbox) in receivers.into_iter().enumerate() {
         let l = crate::runtime::bind_reuseport(addr, 1024)?;
         addr = l.local_addr()?;
         let (tx, rx) = flume::bounded::<()>(1);
         stop.push(tx);
+        let hub = hub.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("echo-upstream-{i}"))
-                .spawn(move || run_worker(l, rx, max_frame))?,
+                .spawn(move || run_worker(l, rx, max_frame, hub, inbox))?,
         );
     }
     Ok(EchoServer {
@@ -68,7 +78,49 @@ pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::R
     })
 }
 
-fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>, max_frame: usize) {
+/// Every worker's inbox of frames to send on all of its version-2 links.
+struct Hub {
+    inboxes: Vec<flume::Sender<Bytes>>,
+}
+
+impl Hub {
+    fn to_every_link(&self, frame: Bytes) {
+        for inbox in &self.inboxes {
+            let _ = inbox.send(frame.clone());
+        }
+    }
+}
+
+/// A link's queue of frames to send, filled by the link itself and by the worker's hub inbox.
+#[derive(Default)]
+struct Outbox {
+    q: RefCell<OutQueue>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// From outside the link's task: queued, and the task woken to send it.
+    fn push(&self, frame: Bytes) {
+        self.q.borrow_mut().push(&[], frame);
+        self.wake.notify();
+    }
+
+    /// From the link's own task, which flushes after every batch of frames it reads.
+    fn queue(&self, head: &[u8], payload: Bytes) {
+        self.q.borrow_mut().push(head, payload);
+    }
+}
+
+/// A worker's version-2 links, which its hub inbox feeds.
+type Chat = Rc<RefCell<Vec<Rc<Outbox>>>>;
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    stop: flume::Receiver<()>,
+    max_frame: usize,
+    hub: Arc<Hub>,
+    inbox: flume::Receiver<Bytes>,
+) {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -82,10 +134,19 @@ fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>, max_fr
         };
         let shutdown = Rc::new(Event::default());
         let links = Rc::new(Links::default());
+        let chat = Chat::default();
         let s = shutdown.clone();
         monoio::spawn(async move {
             let _ = stop.recv_async().await;
             s.set();
+        });
+        let c = chat.clone();
+        monoio::spawn(async move {
+            while let Ok(frame) = inbox.recv_async().await {
+                for link in c.borrow().iter() {
+                    link.push(frame.clone());
+                }
+            }
         });
         loop {
             let accepted = monoio::select! {
@@ -95,8 +156,9 @@ fn run_worker(listener: std::net::TcpListener, stop: flume::Receiver<()>, max_fr
             if let Ok((stream, _)) = accepted {
                 let guard = LinkGuard::new(links.clone());
                 let shutdown = shutdown.clone();
+                let (hub, chat) = (hub.clone(), chat.clone());
                 monoio::spawn(async move {
-                    serve_link(stream, &shutdown, max_frame).await;
+                    serve_link(stream, &shutdown, max_frame, hub, chat).await;
                     drop(guard);
                 });
             }
@@ -172,27 +234,61 @@ enum Next {
     Close,
 }
 
-async fn serve_link(stream: TcpStream, shutdown: &Event, max_frame: usize) {
+async fn serve_link(
+    stream: TcpStream,
+    shutdown: &Event,
+    max_frame: usize,
+    hub: Arc<Hub>,
+    chat: Chat,
+) {
     let fd = sys::fd(&stream);
     if sys::prepare_client_socket(fd).is_err() {
         return;
     }
     let mut link = EchoLink {
         max_frame,
-        ..EchoLink::default()
+        hub,
+        hello: false,
+        v2: false,
+        sessions: HashMap::new(),
+        out: Rc::default(),
     };
+    let out = link.out.clone();
+    let served = serve_frames(&stream, shutdown, &mut link, &chat).await;
+    chat.borrow_mut().retain(|l| !Rc::ptr_eq(l, &out));
+    if served == Served::ShutDown {
+        out.push(proto::goaway(1012, "restarting"));
+        let _ = flush_all(&stream, &out).await;
+    }
+}
+
+#[derive(PartialEq)]
+enum Served {
+    ShutDown,
+    Ended,
+}
+
+async fn serve_frames(
+    stream: &TcpStream,
+    shutdown: &Event,
+    link: &mut EchoLink,
+    chat: &Chat,
+) -> Served {
+    let fd = sys::fd(stream);
     let mut buf = BytesMut::new();
     loop {
         let readable = monoio::select! {
-            _ = shutdown.wait() => {
-                link.out.push(&[], proto::goaway(1012, "restarting"));
-                let _ = flush_all(&stream, &mut link.out).await;
-                return;
+            _ = shutdown.wait() => return Served::ShutDown,
+            _ = link.out.wake.notified() => {
+                if flush_all(stream, &link.out).await.is_err() {
+                    return Served::Ended;
+                }
+                continue;
             }
             r = stream.readable(false) => r,
         };
         if readable.is_err() {
-            return;
+            return Served::Ended;
         }
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
@@ -200,42 +296,50 @@ async fn serve_link(stream: TcpStream, shutdown: &Event, max_frame: usize) {
         match sys::read_into(fd, &mut buf) {
             Ok(ReadOutcome::Data(_)) => {}
             Ok(ReadOutcome::WouldBlock) => continue,
-            _ => return,
+            _ => return Served::Ended,
         }
+        let was_v2 = link.v2;
         let next = link.on_bytes(&mut buf);
-        if flush_all(&stream, &mut link.out).await.is_err() {
-            return;
+        if link.v2 && !was_v2 {
+            chat.borrow_mut().push(link.out.clone());
+        }
+        if flush_all(stream, &link.out).await.is_err() {
+            return Served::Ended;
         }
         match next {
             Next::Continue => {}
-            Next::Close => return,
+            Next::Close => return Served::Ended,
             Next::Stall => {
                 // Never read again: the proxy's link fills up and its backpressure must engage.
                 shutdown.wait().await;
-                return;
+                return Served::Ended;
             }
         }
     }
 }
 
 /// Writes the whole queue, waiting for writability; while it waits, nothing is read, so a proxy
-/// that floods us is slowed by TCP rather than by our memory.
-async fn flush_all(stream: &TcpStream, out: &mut OutQueue) -> std::io::Result<()> {
+/// that floods us is slowed by TCP rather than by our memory. The queue is not borrowed across the
+/// wait: the hub may add to it meanwhile.
+async fn flush_all(stream: &TcpStream, out: &Outbox) -> std::io::Result<()> {
     loop {
-        match out.flush(sys::fd(stream))? {
+        let flushed = out.q.borrow_mut().flush(sys::fd(stream))?;
+        match flushed {
             Flush::Done => return Ok(()),
             Flush::Blocked => stream.writable(false).await?,
         }
     }
 }
 
-#[derive(Default)]
 struct EchoLink {
     max_frame: usize,
+    hub: Arc<Hub>,
     hello: bool,
+    /// The link speaks version 2: the chat commands work.
+    v2: bool,
     /// What each open session's OPEN carried, for `whoami`.
     sessions: HashMap<u64, Open>,
-    out: OutQueue,
+    out: Rc<Outbox>,
 }
 
 impl EchoLink {
@@ -246,7 +350,7 @@ impl EchoLink {
                 Ok(None) => return Next::Continue,
                 Err(e) => {
                     self.out
-                        .push(&[], proto::link_error(e.link_error_code(), &e.to_string()));
+                        .queue(&[], proto::link_error(e.link_error_code(), &e.to_string()));
                     return Next::Close;
                 }
             };
@@ -260,23 +364,28 @@ impl EchoLink {
     fn on_frame(&mut self, frame: Frame) -> Next {
         if !self.hello {
             return match frame {
-                Frame::Hello { version, .. } if version == proto::VERSION => {
+                // The highest version both speak.
+                Frame::Hello {
+                    version,
+                    max_version,
+                    ..
+                } if version <= proto::MAX_VERSION => {
+                    let picked = max_version.min(proto::MAX_VERSION);
                     self.hello = true;
-                    self.out.push(
-                        &[],
-                        proto::hello_ack(proto::VERSION, "ringgate echo-upstream"),
-                    );
+                    self.v2 = picked >= 2;
+                    self.out
+                        .queue(&[], proto::hello_ack(picked, "ringgate echo-upstream"));
                     Next::Continue
                 }
                 Frame::Hello { version, .. } => {
-                    self.out.push(
+                    self.out.queue(
                         &[],
                         proto::link_error(1, &format!("unsupported version {version}")),
                     );
                     Next::Close
                 }
                 _ => {
-                    self.out.push(&[], proto::link_error(3, "expected HELLO"));
+                    self.out.queue(&[], proto::link_error(3, "expected HELLO"));
                     Next::Close
                 }
             };
@@ -284,7 +393,7 @@ impl EchoLink {
         match frame {
             Frame::Open { session, open } => {
                 if open.user.starts_with("refuse") {
-                    self.out.push(&[], proto::refuse(session, 4003, "refused"));
+                    self.out.queue(&[], proto::refuse(session, 4003, "refused"));
                 } else {
                     self.sessions.insert(session, open);
                 }
@@ -294,6 +403,18 @@ impl EchoLink {
                 text,
                 payload,
             } => {
+                if !self.sessions.contains_key(&session) {
+                    return Next::Continue;
+                }
+                if text && self.v2 {
+                    if let Some(answer) = self.chat(session, &payload) {
+                        if !answer.is_empty() {
+                            self.out
+                                .queue(&[], proto::data_frame(session, true, answer.as_bytes()));
+                        }
+                        return Next::Continue;
+                    }
+                }
                 let Some(open) = self.sessions.get(&session) else {
                     return Next::Continue;
                 };
@@ -301,11 +422,11 @@ impl EchoLink {
                     b"whoami" if text => {
                         let me = whoami(session, open);
                         self.out
-                            .push(&[], proto::data_frame(session, true, me.as_bytes()));
+                            .queue(&[], proto::data_frame(session, true, me.as_bytes()));
                     }
                     b"kick" => {
                         self.sessions.remove(&session);
-                        self.out.push(&[], proto::close(session, 4000, "kicked"));
+                        self.out.queue(&[], proto::close(session, 4000, "kicked"));
                     }
                     b"stall" => return Next::Stall,
                     _ => {
@@ -318,21 +439,78 @@ impl EchoLink {
                             session,
                             payload.len(),
                         );
-                        self.out.push(&head, payload);
+                        self.out.queue(&head, payload);
                     }
                 }
             }
             Frame::Close { session, .. } => {
                 self.sessions.remove(&session);
             }
-            Frame::Ping(token) => self.out.push(&[], proto::pong(token)),
+            Frame::Ping(token) => self.out.queue(&[], proto::pong(token)),
             Frame::Pong(_) => {}
             Frame::LinkError { .. } => return Next::Close,
             _ => {
-                self.out.push(&[], proto::link_error(2, "unexpected frame"));
+                self.out
+                    .queue(&[], proto::link_error(2, "unexpected frame"));
                 return Next::Close;
             }
         }
         Next::Continue
+    }
+
+    /// A chat command from `session`: the answer to send it (empty for none), or `None` if the
+    /// text is not a command (then it is echoed like anything else).
+    fn chat(&mut self, session: u64, text: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (command, rest) = text.split_once(' ')?;
+        let user = self
+            .sessions
+            .get(&session)
+            .map_or("", |o| o.user.as_str())
+            .to_string();
+        let user = if user.is_empty() { "anonymous" } else { &user };
+        Some(match command {
+            "join" => {
+                let (room, policy) = match rest.split_once(' ') {
+                    None => (rest, Policy::Close),
+                    Some((room, "close")) => (room, Policy::Close),
+                    Some((room, "drop")) => (room, Policy::Drop),
+                    Some((room, "latest")) => (room, Policy::Latest),
+                    Some(_) => return Some("error: join <room> [close|drop|latest]".into()),
+                };
+                match proto::join(session, policy, room.as_bytes()) {
+                    Ok(frame) => {
+                        self.out.queue(&[], frame);
+                        format!("joined {room}")
+                    }
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            "leave" => match proto::leave(session, rest.as_bytes()) {
+                Ok(frame) => {
+                    self.out.queue(&[], frame);
+                    format!("left {rest}")
+                }
+                Err(e) => format!("error: {e}"),
+            },
+            "say" => {
+                let (room, said) = rest.split_once(' ').unwrap_or((rest, ""));
+                let line = format!("{user}@{room}: {said}");
+                match proto::publish(room.as_bytes(), 0, true, line.as_bytes()) {
+                    Ok(frame) => {
+                        self.hub.to_every_link(frame);
+                        String::new()
+                    }
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            "all" => {
+                let line = format!("{user}@all: {rest}");
+                self.hub
+                    .to_every_link(proto::broadcast(0, true, line.as_bytes()));
+                String::new()
+            }
+            _ => return None,
+        })
     }
 }
