@@ -19,6 +19,12 @@ pub const PONG: u8 = 0x05;
 pub const OPEN: u8 = 0x10;
 pub const DATA: u8 = 0x12;
 pub const CLOSE: u8 = 0x13;
+/// Version 2 (docs/protocol.md, "Fan-out").
+pub const JOIN: u8 = 0x20;
+pub const LEAVE: u8 = 0x21;
+pub const PUBLISH: u8 = 0x22;
+pub const BROADCAST: u8 = 0x23;
+pub const MULTICAST: u8 = 0x24;
 
 /// `flags` bit 0 of DATA: the message is text.
 pub const TEXT: u8 = 0x01;
