@@ -963,7 +963,8 @@ fn server_stops_reading() {
     let link = s.link(stalled.core, &stalled.link).clone();
     let sessions = link["sessions"].as_u64().unwrap();
     let queued = link["queued_bytes"].as_u64().unwrap();
-    let bound = LINK_BACKLOG + sessions * 64 * 1024;
+    // Twice the backlog (past it, light senders wait too: `link::senders`), plus one read each.
+    let bound = 2 * LINK_BACKLOG + sessions * 64 * 1024;
     eprintln!("stalled link: {queued} bytes queued, {sessions} sessions, bound {bound}");
     assert!(
         queued > LINK_BACKLOG / 2,
@@ -1001,4 +1002,64 @@ fn server_stops_reading() {
         "the stalled link grew to {queued} bytes: {s}"
     );
     assert!(s.link_bool(stalled.core, &stalled.link, "paused"), "{s}");
+}
+
+#[test]
+fn a_congested_link_holds_back_its_heaviest_sender_and_reads_a_light_one() {
+    const LINK_BACKLOG: u64 = 65536;
+    let up = EchoUpstream::start();
+    let names = vec![up.name()];
+    // One worker: the staller, the flooder and the light client share its one link.
+    let toml = format!("link_backlog = {LINK_BACKLOG}\n");
+    let gw = Launch::run(&names)
+        .config(&toml)
+        .args(&["--workers", "1"])
+        .start();
+    gw.wait_links_up(&names);
+    let mut staller = gw.client("staller");
+    let mut light = gw.client("light");
+    light.check_echo("before");
+    let small_buffer = tcp_connect_with(gw.addr(), None, Some(32 * 1024));
+    let mut flooder = upgrade(small_buffer, gw.addr(), &gw.target("flooder"), &[]).0;
+    // The game server stops reading the link for good.
+    staller.send(Message::Text("stall".into()));
+
+    // The flooder sends 16 KiB messages until ringgate stops reading it.
+    let frame = frame_bytes(true, 0, OP_BINARY, &vec![0x5a; 16 * 1024], true);
+    flooder.set_nonblocking(true).unwrap();
+    let (mut off, mut sent) = (0usize, 0usize);
+    loop {
+        match flooder.write(&frame[off..]) {
+            Ok(n) => {
+                sent += n;
+                off = (off + n) % frame.len();
+                assert!(
+                    sent < 48 << 20,
+                    "the flooder was never held back: {}",
+                    gw.stats()
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !poll_writable(&flooder, Duration::from_millis(500)) {
+                    break;
+                }
+            }
+            Err(e) => panic!("flooder: {e}"),
+        }
+    }
+    let s = gw.wait_stats("the link paused", Duration::from_secs(5), |s| {
+        s.link_bool(0, &names[0], "paused") && s.counter("paused") >= 1
+    });
+    // The light client is still read: its message reaches the link's queue, although the link is
+    // congested (it queues behind the flood; the stalled server never answers).
+    let before = s.counter("messages_in");
+    light.send(Message::Text("a light message".into()));
+    let s = gw.wait_stats("the light client read", Duration::from_secs(5), |s| {
+        s.counter("messages_in") == before + 1
+    });
+    assert!(s.link_bool(0, &names[0], "paused"), "{s}");
+    assert!(
+        !poll_writable(&flooder, Duration::from_millis(200)),
+        "the flooder was read on"
+    );
 }

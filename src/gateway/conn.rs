@@ -15,6 +15,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
+use crate::link::senders::Recent;
 use crate::runtime::outq::{spare, Flush, OutQueue};
 use crate::runtime::{sys, Key};
 use crate::session::{Rates, Session};
@@ -56,6 +57,9 @@ pub struct Conn {
     flags: Cell<u16>,
     /// Which upstream link carries the session (an index into the core's upstreams).
     pub route: Cell<u16>,
+    /// Bytes the client sent to its link lately: a congested link holds back its heaviest
+    /// senders only.
+    pub sent: Cell<Recent>,
     /// The driver's waker while it waits for the socket to become readable (the poller wakes it)
     /// or for a congested link to drain (so that a close can wake it).
     pub waker: Cell<Option<std::task::Waker>>,
@@ -81,6 +85,7 @@ impl Conn {
             user,
             flags: Cell::new(0),
             route: Cell::new(u16::MAX),
+            sent: Cell::default(),
             waker: Cell::new(None),
             out: RefCell::new(None),
             state: RefCell::new(State {

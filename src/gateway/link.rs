@@ -22,6 +22,7 @@ use crate::gateway::upstreams::LinkSettings;
 use crate::gateway::write::detach_if_parked;
 use crate::link::backoff::Backoff;
 use crate::link::handshake::{self, HandshakeError};
+use crate::link::senders::Recent;
 use crate::link::{self as machine, Action, Keepalive, LinkEnd};
 use crate::protocol::{self as proto, OpenInfo};
 use crate::runtime::contain::{catch, Caught};
@@ -63,6 +64,8 @@ pub struct Link {
     wake_writer: Notify,
     /// Shut while the queue is over `link_backlog`; client drivers wait at it.
     pub gate: Rc<Gate>,
+    /// The recent count of the heaviest sender (`link::senders`).
+    heaviest: Cell<Recent>,
     /// The socket is full and the writer waits: what is queued now may wait a while.
     blocked: Cell<bool>,
     pub links_up: Cell<u64>,
@@ -81,6 +84,7 @@ impl Link {
             out: RefCell::new(OutQueue::keeping(RUN_KEPT)),
             wake_writer: Notify::default(),
             gate: Rc::new(Gate::default()),
+            heaviest: Cell::default(),
             blocked: Cell::new(false),
             links_up: Cell::new(0),
             connect_failures: Cell::new(0),
@@ -128,6 +132,20 @@ impl Link {
                 false
             }
         }
+    }
+
+    /// `c` sent `len` bytes at second `now`: its recent count grows, and so may the link's heaviest.
+    pub fn note_sent(&self, c: &Conn, now: u32, len: usize) {
+        let mine = c.sent.get().add(now, len);
+        c.sent.set(mine);
+        if mine.get(now) > self.heaviest.get().get(now) {
+            self.heaviest.set(mine);
+        }
+    }
+
+    /// What the heaviest sender on this link sent lately, as of second `now`.
+    pub fn heaviest(&self, now: u32) -> u32 {
+        self.heaviest.get().get(now)
     }
 
     /// A client message, forwarded without copying: the 14-byte header is queued beside it.

@@ -50,7 +50,7 @@ pub async fn drive(core: Rc<Core>, c: Rc<Conn>, pending: BytesMut) {
         }
         // A congested link stops us reading this client: TCP carries the backpressure to it.
         if open {
-            if let Some(gate) = core.upstream.backpressure(&c) {
+            if let Some(gate) = core.upstream.backpressure(&c, core.now()) {
                 bump(&core.counters.paused);
                 wait_gate(&c, &gate).await;
             }
@@ -116,7 +116,7 @@ pub fn on_readable(core: &Rc<Core>, c: &Rc<Conn>, peer_done: bool) {
     // A parked driver is never one whose session is paused (over its rate limits): the driver
     // waits out a pause before it parks.
     if c.has(flag::PARKED)
-        && core.upstream.backpressure(c).is_none()
+        && core.upstream.backpressure(c, core.now()).is_none()
         && !core.inflight.holds_back(|| held(&c.state.borrow()))
     {
         // The driver task's own containment does not cover this frame of the stack.
@@ -270,13 +270,13 @@ fn process(core: &Rc<Core>, c: &Rc<Conn>, session: &mut Session, buf: &mut Bytes
             Received::SmallData { text, len } => {
                 if let Some(payload) = buf.get(..len) {
                     bump(&core.counters.messages_in);
-                    core.upstream.data_copy(c, text, payload);
+                    core.upstream.data_copy(c, core.now(), text, payload);
                 }
                 buf.advance(len.min(buf.len()));
             }
             Received::Data { text, payload } => {
                 bump(&core.counters.messages_in);
-                core.upstream.data(c, text, payload);
+                core.upstream.data(c, core.now(), text, payload);
             }
             Received::Pong(payload) => {
                 core.send_on(c, session, |c| c.push_frame(OpCode::Pong, payload))

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::gateway::conn::Conn;
 use crate::gateway::core::Core;
 use crate::gateway::link::Link;
-use crate::link::router;
+use crate::link::{router, senders};
 use crate::protocol;
 use crate::runtime::event::{Countdown, Gate};
 use crate::shard::user_hash;
@@ -180,15 +180,18 @@ impl Upstreams {
         }
     }
 
-    pub fn data(&self, c: &Conn, text: bool, payload: Bytes) {
+    /// A client message at second `now`, forwarded on the client's link.
+    pub fn data(&self, c: &Conn, now: u32, text: bool, payload: Bytes) {
         if let Some(l) = self.links.get(c.route.get() as usize) {
+            l.note_sent(c, now, payload.len());
             l.data(c, text, payload);
         }
     }
 
     /// [`Upstreams::data`] for a game-sized message, copied into the link's queue.
-    pub fn data_copy(&self, c: &Conn, text: bool, payload: &[u8]) {
+    pub fn data_copy(&self, c: &Conn, now: u32, text: bool, payload: &[u8]) {
         if let Some(l) = self.links.get(c.route.get() as usize) {
+            l.note_sent(c, now, payload.len());
             l.data_copy(c, text, payload);
         }
     }
@@ -200,10 +203,16 @@ impl Upstreams {
         }
     }
 
-    /// The gate to wait at before reading more from this client, if its link is congested.
-    pub fn backpressure(&self, c: &Conn) -> Option<Rc<Gate>> {
+    /// The gate to wait at before reading more from this client at second `now`: its link is
+    /// congested and it is among the link's heaviest senders (see `link::senders`).
+    pub fn backpressure(&self, c: &Conn, now: u32) -> Option<Rc<Gate>> {
         let l = self.links.get(c.route.get() as usize)?;
-        l.gate.is_shut().then(|| l.gate.clone())
+        if !l.gate.is_shut() {
+            return None;
+        }
+        let mine = c.sent.get().get(now);
+        senders::holds_back(mine, l.heaviest(now), l.queued(), self.settings.backlog)
+            .then(|| l.gate.clone())
     }
 
     /// Writes every link's queue now, as far as the sockets take it (at shutdown).

@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod groups;
 pub mod handshake;
 pub mod router;
+pub mod senders;
 
 use groups::{GroupId, Groups};
 
