@@ -593,4 +593,26 @@ mod tests {
         assert_eq!(all.len(), big.len() + 3);
         assert_eq!(&all[big.len()..], b"new");
     }
+
+    #[test]
+    fn a_frame_queued_to_many_is_one_allocation_and_a_slot_each() {
+        // docs/architecture.md ("Fan-out") counts on this: N members waiting on one published
+        // message hold its bytes once, and a queue slot of at most 64 bytes each.
+        assert!(std::mem::size_of::<OutFrame>() <= 64);
+        let frame = Bytes::from(vec![3u8; 1000]);
+        let queues: Vec<OutQueue> = (0..1000)
+            .map(|i| {
+                let mut q = OutQueue::default();
+                if i % 2 == 0 {
+                    q.push(&[], frame.clone());
+                } else {
+                    q.push_latest(frame.clone(), 1);
+                }
+                q
+            })
+            .collect();
+        for q in &queues {
+            assert_eq!(q.frames.back().map(|f| f.payload.as_ptr()), Some(frame.as_ptr()));
+        }
+    }
 }
