@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy with an in-process echo game server as its upstream (127.0.0.1:8080, /ws).
+    /// Run the proxy with an in-process echo game server as its upstream (127.0.0.1:8080, /ws),
+    /// and a chat page on / (`chat_page`).
     Demo(Overrides),
     /// Run the echo game server (docs/protocol.md) that ringgate can use as an upstream.
     EchoUpstream {
@@ -238,6 +239,9 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     if let Some(a) = server.admin_addr {
         println!("ringgate admin on http://{a}/stats");
     }
+    if cfg.chat_page {
+        println!("Chat page: http://{}/", server.local_addr);
+    }
     if demo {
         println!("Every message sent to it comes back as sent. Try it from a browser console:");
         println!(
@@ -274,8 +278,10 @@ fn serve(cfg: Config, demo: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The demo: the echo game server in-process on a free loopback port, the proxy in front of it.
+/// The demo: the echo game server in-process on a free loopback port, the proxy in front of it,
+/// and the chat page, so that a browser is all it takes to try.
 fn demo(mut cfg: Config) -> ExitCode {
+    cfg.chat_page = true;
     let max_frame = LinkSettings::from_config(&cfg).max_frame;
     let echo = match echo_server::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1, max_frame) {
         Ok(e) => e,

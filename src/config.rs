@@ -54,6 +54,8 @@ pub struct Config {
     pub listen_backlog: u32,
     /// Optional address of the admin HTTP endpoint (`/stats`, `/sessions`), served by worker 0.
     pub admin_listen: Option<SocketAddr>,
+    /// Answer a plain `GET /` on the WebSocket listener with the demo's chat page.
+    pub chat_page: bool,
     /// Upstream game servers.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -200,6 +202,7 @@ impl Default for Config {
             uring_entries: 4096,
             listen_backlog: 4096,
             admin_listen: None,
+            chat_page: false,
             upstreams: Vec::new(),
             instance_id: None,
             forward_headers: vec![

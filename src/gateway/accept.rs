@@ -1,10 +1,11 @@
 //! From an accepted socket to an upgraded session: the accept loop, reading the request head under
 //! the handshake timeout, handing the socket to the core that owns its user, and answering.
 //!
-//! Owns the connection until its 101 response is queued. Never answers a request on a core that
-//! does not own its user: the socket and the bytes already read move first (the owning core writes
-//! the response), so a session never changes core after its upgrade. What may be admitted is
-//! `admission`'s to say; this module applies it.
+//! Owns the connection until its 101 response is queued, or until it goes to `page` as a plain
+//! `GET /` (no session, and no place in the connection budget). Never answers a request on a core
+//! that does not own its user: the socket and the bytes already read move first (the owning core
+//! writes the response), so a session never changes core after its upgrade. What may be admitted
+//! is `admission`'s to say; this module applies it.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use crate::auth;
 use crate::config::{ProxyProtocol, RealIpHeader};
 use crate::gateway::admission::{self, ClientAddress, Older, Permit, Refusal};
 use crate::gateway::core::{bump, Core};
+use crate::gateway::page;
 use crate::gateway::{receive, CoreMsg};
 use crate::proxy_protocol::{self, Header, Parsed};
 use crate::runtime::contain::Contained;
@@ -163,6 +165,8 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
 enum HeadError {
     Closed,
     Rejected(HandshakeError),
+    /// Not an upgrade but a plain request for the chat page.
+    Page(page::Method),
     /// The PROXY header is missing, malformed or from a peer that may not send one: the connection
     /// is closed without an answer, since what it speaks is not HTTP.
     Proxy(ProxyRefusal),
@@ -187,7 +191,13 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
     let settings = core.settings.clone();
     let head = monoio::time::timeout(
         settings.handshake_timeout,
-        read_head(&stream, &settings.handshake, &settings.client, peer),
+        read_head(
+            &stream,
+            &settings.handshake,
+            &settings.client,
+            peer,
+            settings.chat_page.is_some(),
+        ),
     )
     .await;
     let (mut req, mut buf, peer) = match head {
@@ -198,6 +208,17 @@ async fn handshake(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, permit: 
             core.note_refusal("malformed request");
             tracing::debug!(%peer, status = e.status(), error = %e, "handshake rejected");
             reject(stream, e.response()).await;
+            return;
+        }
+        Ok(Err(HeadError::Page(method))) => {
+            // Not a session: its place goes back now, as a refused upgrade's does in `establish`,
+            // so that page loads never turn a session away at the connection cap.
+            drop(permit);
+            bump(&core.counters.pages_served);
+            tracing::debug!(%peer, ?method, "chat page");
+            if let Some(page) = &settings.chat_page {
+                page::serve(stream, page.answer(method), settings.handshake_timeout).await;
+            }
             return;
         }
         Ok(Err(HeadError::Proxy(why))) => {
@@ -421,12 +442,14 @@ fn plain_answer(status: &str, extra_headers: &str, why: &str) -> Vec<u8> {
 
 /// Reads the request head, after the PROXY header where one is expected; returns the request, the
 /// bytes read so far (the head and what followed it) and the client's address (the PROXY header's
-/// source, or the peer's).
+/// source, or the peer's). With `chat_page`, a head that is not an upgrade but asks for the page
+/// is `HeadError::Page`.
 async fn read_head(
     stream: &TcpStream,
     cfg: &HandshakeConfig,
     client: &ClientAddress,
     peer: SocketAddr,
+    chat_page: bool,
 ) -> Result<(UpgradeRequest, BytesMut, SocketAddr), HeadError> {
     let fd = sys::fd(stream);
     let trusted = client.trust.trusts(peer.ip());
@@ -482,6 +505,13 @@ async fn read_head(
         match parse_request(&buf, cfg) {
             Ok(ParseOutcome::Partial) => {}
             Ok(ParseOutcome::Complete(req)) => return Ok((req, buf, source)),
+            // Only a head that is no valid upgrade is parsed a second time: upgrades pay nothing.
+            Err(e) if chat_page => {
+                return Err(match page::wanted(&buf, cfg.max_head_bytes) {
+                    Some(method) => HeadError::Page(method),
+                    None => HeadError::Rejected(e),
+                })
+            }
             Err(e) => return Err(HeadError::Rejected(e)),
         }
     }
@@ -513,13 +543,18 @@ fn forwarded_for(client: &ClientAddress, peer: SocketAddr, req: &UpgradeRequest)
     }
 }
 
-/// Sends an HTTP error and closes politely: our write side first, then a bounded drain of what
+/// Sends an HTTP error and closes politely.
+async fn reject(stream: TcpStream, response: Vec<u8>) {
+    // The response is a few hundred bytes: it fits in a fresh socket's buffer or the peer is gone.
+    let _ = sys::send_vectored(sys::fd(&stream), &[IoSlice::new(&response)]);
+    close_politely(stream).await;
+}
+
+/// Closes a connection whose answer is sent: our write side first, then a bounded drain of what
 /// the client still sends, because closing with unread input would answer it with a RST that can
 /// destroy the response before the client reads it.
-async fn reject(stream: TcpStream, response: Vec<u8>) {
+pub(super) async fn close_politely(stream: TcpStream) {
     let fd = sys::fd(&stream);
-    // The response is a few hundred bytes: it fits in a fresh socket's buffer or the peer is gone.
-    let _ = sys::send_vectored(fd, &[IoSlice::new(&response)]);
     sys::shutdown(fd, libc::SHUT_WR);
     let drain = async {
         let mut scratch = BytesMut::with_capacity(4096);

@@ -16,6 +16,7 @@ use crate::config::{Config, OneSessionPerUser, RateLimit, RateLimitAction};
 use crate::gateway::admission::{Budget, ClientAddress, Origins};
 use crate::gateway::conn::Conn;
 use crate::gateway::inflight::Inflight;
+use crate::gateway::page::Page;
 use crate::gateway::per_ip::{AddressCounts, RequestRate};
 use crate::gateway::upstreams::Upstreams;
 use crate::gateway::CoreMsg;
@@ -53,6 +54,8 @@ pub struct Settings {
     pub min_receive_rate: u32,
     /// Seconds a message may take before `min_receive_rate` applies.
     pub receive_grace: u32,
+    /// The answer to a plain `GET /`, when `chat_page` is on.
+    pub chat_page: Option<Page>,
 }
 
 impl Settings {
@@ -93,6 +96,7 @@ impl Settings {
             inflight_budget: cfg.inflight_budget(),
             min_receive_rate: cfg.min_receive_rate,
             receive_grace: secs(cfg.receive_grace),
+            chat_page: cfg.chat_page.then(|| Page::new(&cfg.path)),
         }
     }
 }
@@ -173,6 +177,9 @@ counters! {
     rate_limit_closes,
     /// Times a session over its rate limits with `drop` was left unread until its buckets refilled.
     rate_limit_pauses,
+    /// Plain `GET /` or `HEAD /` answered with the chat page (`chat_page`); not sessions, and not
+    /// counted as refused handshakes.
+    pages_served,
 }
 
 pub fn bump(c: &Cell<u64>) {

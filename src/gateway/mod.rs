@@ -12,7 +12,8 @@
 //! - `write`: the write side, closes and resets, the flusher;
 //! - `heartbeat`: the clock and the timer wheel's decisions;
 //! - `link` and `upstreams`: the links to the game servers and the routing over them;
-//! - `admin`: the admin endpoint.
+//! - `admin`: the admin endpoint;
+//! - `page`: the chat page a plain `GET /` gets when `chat_page` is on.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -36,6 +37,7 @@ mod fanout;
 mod heartbeat;
 mod inflight;
 pub mod link;
+pub mod page;
 pub mod per_ip;
 mod receive;
 pub mod upstreams;
