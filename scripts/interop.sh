@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop tests: WebSocket clients nobody on the team wrote, against a freshly started ringgate demo.
 #
-#   scripts/interop.sh [browser] [python] [websocat] [browser-auth]     # default: all four
+#   scripts/interop.sh [browser] [browser-chat] [python] [websocat] [browser-auth]  # default: all
 #
 # Starts `ringgate demo --listen 127.0.0.1:0 --workers 2 --admin 127.0.0.1:0 --ping-interval 1s
 # --idle-timeout 5s` (free ports; the short heartbeat lets the suites check in seconds that each
@@ -10,6 +10,9 @@
 # under a time limit, stops ringgate with SIGTERM (it must exit 0), and prints `N passed, N failed`
 # as its last line; exits non-zero on any failure. Needs: python3 with `websockets` and PyJWT,
 # chromium, websocat 1.x (see docs/interop.md for the install lines).
+#
+# browser-chat opens the chat page the demo serves (its `Chat page:` line) in two Chromium tabs, users
+# ann and bob, and has them talk through the rooms of the demo's game server (join, say, all, leave).
 #
 # browser-auth starts a second demo (free ports again) with `[auth] mode = "jwt"` (HS256, a random
 # secret in a file written here, forward_claims = ["room"]), mints a token with PyJWT (sub
@@ -26,6 +29,7 @@
 #                  the suites check keepalive against it (default 5; 0: server defaults, no checks)
 #   CHROMIUM, WEBSOCAT, PYTHON  client executables (defaults: on PATH; websocat also
 #                  ${PEERS_HOME:-~/.cache/ringgate-peers}/bin/websocat)
+#   CHAT_SCREENSHOT=FILE  browser-chat writes both users' views there (PNG), e.g. docs/chat-demo.png
 #   INTEROP_KEEP=1 keep the temporary directory with ringgate's logs
 set -uo pipefail
 
@@ -41,7 +45,7 @@ PART_TIMEOUT=180     # seconds for one client suite (each also bounds its own ch
 STOP_TIMEOUT=20      # seconds for ringgate to exit after SIGTERM
 
 PARTS=("$@")
-[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(browser python websocat browser-auth)
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(browser browser-chat python websocat browser-auth)
 AUTH_USER=browser-player   # the token's sub
 AUTH_ROOM=lobby-9          # its room claim, forwarded to the game server
 AUTH_REFUSALS=2            # connections the auth page expects refused with 401 (tampered, no token)
@@ -113,7 +117,8 @@ fi
 # --- start ringgate and wait until it is ready -----------------------------------------------------
 # start_ringgate LOG PID-VARIABLE [ARGS...]: starts a demo with ARGS added, its output in
 # $TMP/LOG.out and $TMP/LOG.err and its pid in PID-VARIABLE (at once, so that the trap can stop it);
-# when it is ready, sets STARTED_WS and STARTED_ADMIN to its addresses.
+# when it is ready, sets STARTED_WS and STARTED_ADMIN to its addresses, and STARTED_CHAT to its chat
+# page's (empty if it printed none).
 start_ringgate() {
   local name=$1 var=$2 pid
   shift 2
@@ -125,7 +130,7 @@ start_ringgate() {
   printf -v "$var" %s "$pid"
   local deadline=$((SECONDS + START_TIMEOUT))
   local WS_URL='' ADMIN_URL=''
-  STARTED_WS='' STARTED_ADMIN=''
+  STARTED_WS='' STARTED_ADMIN='' STARTED_CHAT=''
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "ringgate exited during startup; stderr:" >&2
@@ -145,6 +150,8 @@ ok = cores and all(c.get("upstreams") and all(u.get("up") for u in c["upstreams"
 sys.exit(0 if ok else 1)
 EOF
         STARTED_WS=$WS_URL STARTED_ADMIN=$ADMIN_URL
+        # Printed right after the admin line, nothing in between: it is there by now.
+        STARTED_CHAT=$(sed -n 's|^Chat page: \(http://[^ ]*\)$|\1|p' "$TMP/$name.out" 2>/dev/null)
         return 0
       fi
     fi
@@ -163,7 +170,7 @@ if ! start_ringgate ringgate RG_PID; then
   echo "$PASSED passed, $FAILED failed"
   exit 1
 fi
-WS_URL=$STARTED_WS ADMIN_URL=$STARTED_ADMIN
+WS_URL=$STARTED_WS ADMIN_URL=$STARTED_ADMIN CHAT_URL=$STARTED_CHAT
 pass "ringgate ready at $WS_URL, all upstream links up ($((SECONDS - t0))s)"
 
 # --- the client suites -----------------------------------------------------------------------------
@@ -308,6 +315,15 @@ for part in "${PARTS[@]}"; do
       run_part browser "$PYTHON" "$IDIR/browser_test.py" "$WS_URL" \
         --max-message-size "$MAX_MESSAGE_SIZE" --idle-timeout "$IDLE_TIMEOUT"
       ;;
+    browser-chat)
+      if [[ -z $CHAT_URL ]]; then
+        fail "browser-chat: the demo printed no 'Chat page:' line"
+      else
+        chat_args=(--ws-path "/${WS_URL#ws://*/}")
+        [[ -n ${CHAT_SCREENSHOT:-} ]] && chat_args+=(--screenshot "$CHAT_SCREENSHOT")
+        run_part browser-chat "$PYTHON" "$IDIR/chat_test.py" "$CHAT_URL" "${chat_args[@]}"
+      fi
+      ;;
     python)
       if "$PYTHON" -c 'import websockets' 2>/dev/null; then
         run_part python "$PYTHON" "$IDIR/python_client.py" "$WS_URL" \
@@ -328,7 +344,7 @@ for part in "${PARTS[@]}"; do
       run_browser_auth
       ;;
     *)
-      fail "unknown part '$part' (browser, python, websocat, browser-auth)"
+      fail "unknown part '$part' (browser, browser-chat, python, websocat, browser-auth)"
       ;;
   esac
 done
