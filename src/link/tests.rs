@@ -7,7 +7,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 
 use crate::link::handshake::{accept_reply, hello, HandshakeError};
-use crate::protocol::{Open, Policy, MAX_VERSION, VERSION};
+use crate::protocol::{Open, Policy, MAX_VERSION, MIN_VERSION};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -44,7 +44,7 @@ fn info() -> OpenInfo<'static> {
 /// A link that completed its handshake at `now`, on version 1.
 fn up_link<S: Clone>(now: Instant) -> Link<S> {
     let mut link = Link::new(now);
-    link.on_up(VERSION, now);
+    link.on_up(MIN_VERSION, now);
     link
 }
 
@@ -104,17 +104,17 @@ fn hello_carries_our_version_and_identity() {
             instance: "edge-a".into()
         }
     );
-    assert_eq!(VERSION, 1);
+    assert_eq!(MIN_VERSION, 1);
 }
 
 #[test]
 fn hello_ack_of_a_version_we_offered_opens_the_link_on_it() {
-    let ack = from_server(proto::hello_ack(VERSION, "game-1"));
+    let ack = from_server(proto::hello_ack(MIN_VERSION, "game-1"));
     assert_eq!(accept_reply(ack, 0), Ok(1));
     let ack = from_server(proto::hello_ack(MAX_VERSION, "game-1"));
     assert_eq!(accept_reply(ack, 0), Ok(2));
     // The server name does not matter.
-    let ack = from_server(proto::hello_ack(VERSION, ""));
+    let ack = from_server(proto::hello_ack(MIN_VERSION, ""));
     assert_eq!(accept_reply(ack, 0), Ok(1));
 }
 
@@ -221,7 +221,7 @@ fn any_other_first_frame_is_unexpected() {
 #[test]
 fn bytes_after_the_right_ack_are_unexpected() {
     for more in [1, 14, 100_000] {
-        let ack = from_server(proto::hello_ack(VERSION, "game-1"));
+        let ack = from_server(proto::hello_ack(MIN_VERSION, "game-1"));
         let err = accept_reply(ack, more).unwrap_err();
         assert!(matches!(err, HandshakeError::Unexpected(_)), "{err:?}");
         assert!(!err.is_version());
@@ -290,7 +290,7 @@ fn data_header_only_while_up() {
     let mut link: Link<u32> = Link::new(Instant::now());
     assert!(!link.is_up());
     assert_eq!(link.data_header(1, true, 5), None, "before on_up");
-    link.on_up(VERSION, Instant::now());
+    link.on_up(MIN_VERSION, Instant::now());
     assert!(link.is_up());
     assert!(link.data_header(1, true, 5).is_some());
     let _ = link.end();
@@ -639,7 +639,7 @@ fn a_goaway_applies_to_one_connection_only() {
     let _ = link.on_frame(from_server(proto::goaway(1012, "restarting")));
     assert_eq!(link.end().code, 1012);
     // Reconnected, and this connection dies without GOAWAY.
-    link.on_up(VERSION, Instant::now());
+    link.on_up(MIN_VERSION, Instant::now());
     link.open(2, 200, &info()).unwrap();
     let teardown = link.end();
     assert_eq!(
@@ -653,7 +653,7 @@ fn on_up_forgets_an_old_goaway() {
     let mut link = link_with(&[(1, 100)]);
     let _ = link.on_frame(from_server(proto::goaway(1012, "restarting")));
     // A new connection comes up before the old one's end was processed.
-    link.on_up(VERSION, Instant::now());
+    link.on_up(MIN_VERSION, Instant::now());
     assert_eq!(link.end().code, 1011);
 }
 
@@ -666,7 +666,7 @@ fn handshake_frames_after_the_handshake_fail_the_link() {
     let cases = [
         (from_server(proto::hello(0, 1, "x")), FrameType::Hello),
         (
-            from_server(proto::hello_ack(VERSION, "again")),
+            from_server(proto::hello_ack(MIN_VERSION, "again")),
             FrameType::HelloAck,
         ),
         (
@@ -833,7 +833,7 @@ fn keepalive_counts_silence_from_on_up() {
     let timeout = Duration::from_secs(30);
     let mut link: Link<u32> = Link::new(t0);
     // The handshake took a while; the new connection's silence starts when it came up.
-    link.on_up(VERSION, t0 + Duration::from_secs(100));
+    link.on_up(MIN_VERSION, t0 + Duration::from_secs(100));
     assert_eq!(
         ping_token(link.keepalive(t0 + Duration::from_secs(110), timeout)),
         1

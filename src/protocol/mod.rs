@@ -4,7 +4,7 @@
 //! and 2: the 14-byte header, the bodies, and turning bytes back into [`Frame`]s. Must never do
 //! I/O, keep state between calls, allocate or reserve based on a length a peer declared, or panic
 //! on any input. Which version a link negotiated, and so which frames it may carry, is the link's
-//! business (`crate::link`): the decoder accepts every type of every version.
+//! business (the link state machine's): the decoder accepts every type of every version.
 //!
 //! Copies: a DATA payload is never copied in either direction. Outbound, the proxy writes
 //! [`encode_header`] and the payload `Bytes` as one vectored write; inbound, [`decode`] returns the
@@ -32,10 +32,6 @@ pub const MIN_VERSION: u16 = 1;
 
 /// The highest protocol version ringgate speaks: what HELLO's `flags` byte offers.
 pub const MAX_VERSION: u16 = 2;
-
-/// The one version the link's handshake still accepts until it negotiates the range
-/// (`crate::link::handshake`); new code should say [`MIN_VERSION`] or [`MAX_VERSION`].
-pub const VERSION: u16 = MIN_VERSION;
 
 /// The longest group name a JOIN, LEAVE or PUBLISH may carry: PUBLISH prefixes it with a `u8`.
 pub const MAX_GROUP_NAME: usize = 255;

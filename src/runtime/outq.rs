@@ -567,7 +567,7 @@ mod tests {
         );
         assert!(q.push_latest(Bytes::from_static(b"[s2]"), 7));
         assert!(q.push_latest(Bytes::from_static(b"[s3]"), 7));
-        assert_eq!(q.queued(), 4 + 3 + 3 + 4 + 4);
+        assert_eq!(q.queued(), 3 + 3 + 4 + 4, "[s1] and [s2] left the count");
         assert_eq!(drain(&mut q), b"[d][c][t1][s3]");
     }
 
@@ -612,7 +612,10 @@ mod tests {
             })
             .collect();
         for q in &queues {
-            assert_eq!(q.frames.back().map(|f| f.payload.as_ptr()), Some(frame.as_ptr()));
+            assert_eq!(
+                q.frames.back().map(|f| f.payload.as_ptr()),
+                Some(frame.as_ptr())
+            );
         }
     }
 }
