@@ -4,10 +4,13 @@
 //! Thread-per-core like ringgate itself: each worker thread owns an epoll instance and its share of
 //! the connections as explicit state machines over nonblocking sockets. `--procs P` re-executes the
 //! binary as P worker processes (the open-files limit is per process) that report to this one over
-//! pipes as JSON.
+//! pipes as JSON. The fan-out workload adds a thread that publishes (`hub`): ringgate's game
+//! server, or a publisher WebSocket to a comparison server.
 
 mod control;
+mod fanout;
 mod frame;
+mod hub;
 mod net;
 mod payload;
 mod report;
@@ -26,16 +29,18 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use control::{Controller, Fleet};
-use report::Described;
-use run::Settings;
+use fanout::Policy;
+use hub::Hub;
+use report::{Described, FanoutSummary};
+use run::{Hooks, NoHooks, Settings};
 use target::Target;
-use worker::{Assignment, Mode, Plan};
+use worker::{Assignment, FanoutPlan, Mode, Plan};
 
 #[derive(Parser)]
 #[command(
     name = "ringgate-load",
     version,
-    about = "WebSocket load generator: echo, idle, handshake and churn workloads over loopback"
+    about = "WebSocket load generator: echo, idle, handshake, churn and fan-out workloads over loopback"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,6 +57,9 @@ enum Sub {
     Handshake(HandshakeArgs),
     /// Steady connects and disconnects, each connection exchanging messages while it lives.
     Churn(ChurnArgs),
+    /// N clients in G rooms receiving what is published to their room at R messages/s per room;
+    /// ringgate fans out (the harness is its game server) or a comparison peer does (--peer).
+    Fanout(FanoutArgs),
 }
 
 #[derive(Args, Clone)]
@@ -194,6 +202,54 @@ struct ChurnArgs {
     text: bool,
 }
 
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Clients; client i is a member of room i % --rooms.
+    #[arg(long, default_value_t = 100)]
+    clients: u64,
+    /// Rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: u32,
+    /// Message size in bytes (at least 20: room, sequence number, timestamp).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages published per second per room (with --broadcast: broadcasts per second).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seconds of publishing: the measured window.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// What every member must receive: close = each message of its room exactly once, in order;
+    /// drop = a strictly increasing subsequence (the left-out ones counted); latest = drop, ending
+    /// with the last message published. In ringgate mode also the policy the JOINs name.
+    #[arg(long, value_enum, default_value_t = Policy::Close)]
+    policy: Policy,
+    /// Publish to everyone instead of to rooms: one BROADCAST per link per tick (peer mode: one
+    /// message to room 0xFFFFFFFF).
+    #[arg(long)]
+    broadcast: bool,
+    /// Peer mode: the server at --url fans out itself (clients connect with ?room=G, the harness
+    /// publishes over one more WebSocket with ?publish=1; bench/peers/README.md).
+    #[arg(long, conflicts_with = "upstream_listen")]
+    peer: bool,
+    /// ringgate mode: be ringgate's game server, listening on ADDR for its links (port 0: a free
+    /// one). The address is printed first on stdout; with `--url -` the URL is then read from
+    /// stdin, to be given once ringgate is up.
+    #[arg(long, value_name = "ADDR", required_unless_present = "peer")]
+    upstream_listen: Option<String>,
+}
+
+/// The fan-out part of a [`Job`].
+struct FanoutJob {
+    rooms: u32,
+    rate: f64,
+    policy: Policy,
+    broadcast: bool,
+    upstream_listen: Option<String>,
+}
+
 struct Job {
     mode: Mode,
     common: Common,
@@ -207,6 +263,7 @@ struct Job {
     warmup: u64,
     headline: String,
     config: serde_json::Value,
+    fanout: Option<FanoutJob>,
 }
 
 fn secs(s: f64) -> u64 {
@@ -242,6 +299,7 @@ fn job(cli: Cli) -> Job {
             config: json!({"conns": a.conns, "size": a.size, "depth": a.depth, "duration": a.duration,
                 "rate": a.rate, "text": a.text}),
             common: a.common,
+            fanout: None,
         },
         Sub::Idle(a) => Job {
             mode: Mode::Idle,
@@ -256,6 +314,7 @@ fn job(cli: Cli) -> Job {
             headline: format!("{} idle connections held {} s", a.conns, a.hold),
             config: json!({"conns": a.conns, "hold": a.hold, "warmup": a.warmup}),
             common: a.common,
+            fanout: None,
         },
         Sub::Handshake(a) => Job {
             mode: Mode::Handshake,
@@ -273,6 +332,7 @@ fn job(cli: Cli) -> Job {
             ),
             config: json!({"workers": a.workers, "duration": a.duration}),
             common: a.common,
+            fanout: None,
         },
         Sub::Churn(a) => Job {
             mode: Mode::Churn,
@@ -296,6 +356,40 @@ fn job(cli: Cli) -> Job {
             config: json!({"conns": a.conns, "duration": a.duration, "lifetime_ms": a.lifetime_ms,
                 "size": a.size, "depth": a.depth, "text": a.text}),
             common: a.common,
+            fanout: None,
+        },
+        Sub::Fanout(a) => Job {
+            mode: Mode::Fanout,
+            items: a.clients,
+            size: a.size,
+            depth: 1,
+            text: false,
+            rate: None,
+            window: a.duration,
+            lifetime_ms: 0,
+            warmup: 0,
+            headline: format!(
+                "{} clients in {} room(s), {}-byte messages, {} per second per {}, policy {}, {} mode; {} s",
+                a.clients,
+                a.rooms,
+                a.size,
+                a.rate,
+                if a.broadcast { "broadcast" } else { "room" },
+                a.policy.name(),
+                if a.peer { "peer" } else { "ringgate" },
+                a.duration
+            ),
+            config: json!({"clients": a.clients, "rooms": a.rooms, "size": a.size, "rate": a.rate,
+                "duration": a.duration, "policy": a.policy.name(), "broadcast": a.broadcast,
+                "peer": a.peer, "upstream_listen": a.upstream_listen}),
+            common: a.common,
+            fanout: Some(FanoutJob {
+                rooms: a.rooms,
+                rate: a.rate,
+                policy: a.policy,
+                broadcast: a.broadcast,
+                upstream_listen: a.upstream_listen,
+            }),
         },
     }
 }
@@ -352,6 +446,29 @@ fn validate(j: &Job) -> Result<(), String> {
     if j.mode == Mode::Churn && j.lifetime_ms == 0 {
         return Err("--lifetime-ms must be at least 1".into());
     }
+    if let Some(f) = &j.fanout {
+        if c.procs != 1 {
+            return Err(
+                "fanout runs in one process (its publisher checks every member against its counts)"
+                    .into(),
+            );
+        }
+        if f.rooms == 0 {
+            return Err("--rooms must be at least 1".into());
+        }
+        if j.size < fanout::HEAD {
+            return Err(format!(
+                "--size must be at least {} bytes (room, sequence number and timestamp)",
+                fanout::HEAD
+            ));
+        }
+        if !(f.rate > 0.0 && f.rate.is_finite()) {
+            return Err("--rate must be a positive number".into());
+        }
+        if f.upstream_listen.is_none() && c.url == "-" {
+            return Err("--url - (read from stdin) is for ringgate mode".into());
+        }
+    }
     for h in &c.headers {
         target::check_header_template(h)?;
     }
@@ -366,13 +483,99 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let c = &job.common;
-    let target = match Target::parse(&c.url, c.allow_remote) {
+    let shared = Arc::new(fanout::Shared::new(match &job.fanout {
+        Some(f) if !f.broadcast => f.rooms as usize,
+        _ => 1,
+    }));
+    let hub_plan = |f: &FanoutJob| hub::HubPlan {
+        rooms: f.rooms,
+        broadcast: f.broadcast,
+        rate: f.rate,
+        size: job.size,
+        policy: f.policy,
+        shared: shared.clone(),
+        connect_timeout: Duration::from_secs_f64(c.connect_timeout.max(0.1)),
+    };
+    // ringgate mode: the game server listens before anything else, so that ringgate can be started
+    // against it before the harness knows ringgate's URL.
+    let mut hub = None;
+    if let Some(f) = &job.fanout {
+        if let Some(addr) = &f.upstream_listen {
+            let listener = match listen(addr, c.allow_remote) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("ringgate-load: --upstream-listen {addr}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let bound = listener
+                .local_addr()
+                .map_or(addr.clone(), |a| a.to_string());
+            match Hub::start(hub::Kind::Ringgate(listener), hub_plan(f)) {
+                Ok(h) => hub = Some(h),
+                Err(e) => {
+                    eprintln!("ringgate-load: cannot start the game server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            use std::io::Write as _;
+            println!("ringgate-load fanout: game server listening on {bound}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    let url = if c.url == "-" {
+        match url_from_stdin(Duration::from_secs_f64(c.setup_timeout.max(0.0))) {
+            Ok(u) => u,
+            Err(e) => {
+                // What the game server saw meanwhile explains more than a missing URL.
+                match hub.as_ref().and_then(Hub::failure) {
+                    Some(why) => eprintln!("ringgate-load: fanout: {why}"),
+                    None => eprintln!("ringgate-load: --url -: {e}"),
+                }
+                if let Some(h) = hub {
+                    h.shutdown();
+                }
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        c.url.clone()
+    };
+    let target = match Target::parse(&url, c.allow_remote) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("ringgate-load: {e}");
+            if let Some(h) = hub {
+                h.shutdown();
+            }
             return ExitCode::from(2);
         }
     };
+    if let Some(f) = &job.fanout {
+        if hub.is_none() {
+            match Hub::start(hub::Kind::Peer(target.clone()), hub_plan(f)) {
+                Ok(h) => hub = Some(h),
+                Err(e) => {
+                    eprintln!("ringgate-load: cannot start the publisher: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    if let Some(h) = &hub {
+        if let Err(why) = h.wait_ready(Duration::from_secs_f64(c.connect_timeout.max(0.1))) {
+            eprintln!("ringgate-load: fanout: {why}");
+            if let Some(path) = &c.json {
+                let body = json!({"mode": "fanout", "url": target.url, "config": job.config,
+                    "failure": why, "errors_total": 0});
+                let _ = std::fs::write(path, format!("{body:#}\n"));
+            }
+            if let Some(h) = hub {
+                h.shutdown();
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     let procs = c.procs;
     let threads = c
         .threads
@@ -406,6 +609,13 @@ fn main() -> ExitCode {
         per_source: (!c.no_bind).then_some(c.per_source.max(1)),
         max_connecting: (c.connect_concurrency / (procs * threads)).max(1),
         max_message: (job.size * 64).max(16 << 20),
+        fanout: job.fanout.as_ref().map(|f| FanoutPlan {
+            rooms: f.rooms,
+            broadcast: f.broadcast,
+            ringgate: f.upstream_listen.is_some(),
+            policy: f.policy,
+            shared: shared.clone(),
+        }),
     });
 
     if let Some(p) = c.child_index {
@@ -465,8 +675,36 @@ fn main() -> ExitCode {
             threads
         );
     }
-    let outcome = run::drive(&settings, &mut ctl);
+    let outcome = match &hub {
+        Some(h) => run::drive(&settings, &mut ctl, &mut HubHooks(h)),
+        None => run::drive(&settings, &mut ctl, &mut NoHooks),
+    };
     drop(warm);
+    let fanout_summary = match (hub, &job.fanout) {
+        (Some(h), Some(f)) => {
+            let st = h.state.clone();
+            h.shutdown();
+            use std::sync::atomic::Ordering::SeqCst;
+            Some(FanoutSummary {
+                ringgate: f.upstream_listen.is_some(),
+                rooms: f.rooms,
+                broadcast: f.broadcast,
+                policy: f.policy.name(),
+                rate: f.rate,
+                published: st.published.load(SeqCst),
+                frames: st.frames.load(SeqCst),
+                bytes: st.bytes.load(SeqCst),
+                backlog_peak: st.backlog_peak.load(SeqCst),
+                late: st.late.load(SeqCst),
+                links: st.links_up.load(SeqCst),
+                instances: st.instances(),
+                opens: st.opens.load(SeqCst),
+                joins: st.joins.load(SeqCst),
+                refused: st.refused.load(SeqCst),
+            })
+        }
+        _ => None,
+    };
 
     let mut config = job.config.clone();
     if let Some(obj) = config.as_object_mut() {
@@ -486,11 +724,12 @@ fn main() -> ExitCode {
             "{}; {procs} process(es) x {threads} thread(s)",
             job.headline
         ),
+        fanout: fanout_summary,
     };
     print!("{}", report::text(&described, &outcome));
     // A run that counted errors fails, so that scripts and CI can tell from the exit status; the
     // report is written all the same.
-    let mut status = if report::total_errors(&outcome).total() > 0 {
+    let mut status = if report::total_errors(&outcome).total() > 0 || outcome.failure.is_some() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -509,6 +748,64 @@ fn main() -> ExitCode {
         }
     }
     status
+}
+
+/// The fan-out publisher seen from the run's phases.
+struct HubHooks<'a>(&'a Hub);
+
+impl Hooks for HubHooks<'_> {
+    fn failure(&self) -> Option<String> {
+        self.0.failure()
+    }
+
+    fn go(&mut self) {
+        self.0.go();
+    }
+
+    fn stop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// The game server's listener: loopback only unless `--allow-remote`.
+fn listen(addr: &str, allow_remote: bool) -> Result<std::net::TcpListener, String> {
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:0".to_string())?;
+    if !sa.ip().is_loopback() && !allow_remote {
+        return Err(
+            "not a loopback address (127.0.0.0/8, ::1); pass --allow-remote to listen there".into(),
+        );
+    }
+    std::net::TcpListener::bind(sa).map_err(|e| e.to_string())
+}
+
+/// `--url -`: the first line of stdin, waited for at most `limit` (ringgate prints its URL only
+/// once its links are up, which needs this process's game server first).
+fn url_from_stdin(limit: Duration) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = std::io::stdin().read_line(&mut line).map(|n| (n, line));
+        let _ = tx.send(got);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok((0, _))) => Err("stdin ended before a URL".into()),
+        Ok(Ok((_, line))) => {
+            // Accepts ringgate's own line ("ringgate listening on ws://... (2 workers)") as well as
+            // the bare URL.
+            let url = line
+                .split_whitespace()
+                .find(|w| w.starts_with("ws://") || w.starts_with("wss://"))
+                .unwrap_or(line.trim());
+            Ok(url.to_string())
+        }
+        Ok(Err(e)) => Err(format!("reading stdin: {e}")),
+        Err(_) => Err(format!(
+            "no URL on stdin within {:.0} s",
+            limit.as_secs_f64()
+        )),
+    }
 }
 
 /// A blocking connection and upgrade, held by the controller (idle's warm-up). Uses the user
@@ -573,6 +870,64 @@ fn warm_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fanout_job(args: &[&str]) -> Result<Job, String> {
+        let mut argv = vec!["x", "fanout"];
+        argv.extend_from_slice(args);
+        let j = job(Cli::try_parse_from(argv).map_err(|e| e.to_string())?);
+        validate(&j)?;
+        Ok(j)
+    }
+
+    #[test]
+    fn fanout_cli_modes_and_checks() {
+        let j = fanout_job(&[
+            "--url",
+            "-",
+            "--upstream-listen",
+            "127.0.0.1:0",
+            "--clients",
+            "10000",
+            "--rooms",
+            "100",
+            "--rate",
+            "100",
+            "--policy",
+            "latest",
+        ])
+        .unwrap();
+        let f = j.fanout.as_ref().unwrap();
+        assert_eq!((j.mode, j.items, j.size), (Mode::Fanout, 10_000, 64));
+        assert_eq!((f.rooms, f.rate, f.policy), (100, 100.0, Policy::Latest));
+        assert_eq!(f.upstream_listen.as_deref(), Some("127.0.0.1:0"));
+        let j = fanout_job(&["--url", "ws://127.0.0.1:1/", "--peer", "--broadcast"]).unwrap();
+        let f = j.fanout.as_ref().unwrap();
+        assert!(f.broadcast && f.upstream_listen.is_none());
+        assert_eq!(f.policy, Policy::Close);
+
+        for bad in [
+            // Neither mode, or both.
+            &["--url", "ws://127.0.0.1:1/"][..],
+            &[
+                "--url",
+                "ws://127.0.0.1:1/",
+                "--peer",
+                "--upstream-listen",
+                "127.0.0.1:0",
+            ],
+            // The URL from stdin is ringgate mode's.
+            &["--url", "-", "--peer"],
+            &["--url", "ws://127.0.0.1:1/", "--peer", "--size", "19"],
+            &["--url", "ws://127.0.0.1:1/", "--peer", "--rooms", "0"],
+            &["--url", "ws://127.0.0.1:1/", "--peer", "--rate", "0"],
+            &["--url", "ws://127.0.0.1:1/", "--peer", "--procs", "2"],
+            &["--url", "ws://127.0.0.1:1/", "--peer", "--policy", "some"],
+        ] {
+            assert!(fanout_job(bad).is_err(), "{bad:?}");
+        }
+        assert!(listen("10.0.0.1:0", false).is_err(), "loopback only");
+        assert!(listen("localhost:0", false).is_err(), "an IP, not a name");
+    }
 
     #[test]
     fn assignments_cover_every_item_once() {

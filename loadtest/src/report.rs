@@ -15,6 +15,35 @@ pub struct Described {
     pub url: String,
     pub config: Value,
     pub headline: String,
+    /// Fan-out: what the publishing side did.
+    pub fanout: Option<FanoutSummary>,
+}
+
+/// What the fan-out publishing side (the game server, or the peer's publisher) did.
+#[derive(Clone, Debug, Default)]
+pub struct FanoutSummary {
+    /// ringgate mode (the harness is the game server), else peer mode.
+    pub ringgate: bool,
+    pub rooms: u32,
+    pub broadcast: bool,
+    pub policy: &'static str,
+    /// Messages per second per stream.
+    pub rate: f64,
+    /// Messages published (one per stream per tick) and the frames that carried them.
+    pub published: u64,
+    pub frames: u64,
+    /// Bytes the publishing side wrote (frames included) and the most waiting on one connection.
+    pub bytes: u64,
+    pub backlog_peak: u64,
+    /// Publish events the publishing side got to more than an interval late.
+    pub late: u64,
+    /// ringgate mode: links up at the end and the instances seen, sessions opened, JOINs sent,
+    /// OPENs refused for naming no room.
+    pub links: u64,
+    pub instances: Vec<String>,
+    pub opens: u64,
+    pub joins: u64,
+    pub refused: u64,
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -125,6 +154,7 @@ pub fn text(d: &Described, o: &Outcome) -> String {
         );
     }
     match d.mode {
+        Mode::Fanout => fanout_text(&mut out, d, o),
         Mode::Echo | Mode::Churn => {
             if d.mode == Mode::Churn {
                 let _ = writeln!(
@@ -196,6 +226,9 @@ pub fn text(d: &Described, o: &Outcome) -> String {
             }
         );
     }
+    if let Some(f) = &o.failure {
+        let _ = writeln!(out, "FAILED        {f}");
+    }
     let e = total_errors(o);
     let _ = writeln!(out, "errors        {}", e.describe());
     let close_codes = merged_close_codes(o);
@@ -242,6 +275,112 @@ pub fn text(d: &Described, o: &Outcome) -> String {
     out
 }
 
+fn fanout_text(out: &mut String, d: &Described, o: &Outcome) {
+    let w = &o.window.counters;
+    let secs = o.window_secs;
+    let all = all_counters(o);
+    if let Some(f) = &d.fanout {
+        if f.ringgate {
+            let _ = writeln!(
+                out,
+                "game server   {} link(s) up at the end ({}); {} sessions opened, {} JOINs (policy {}) each followed by \"joined\"{}",
+                f.links,
+                if f.instances.is_empty() {
+                    "no instance".to_string()
+                } else {
+                    f.instances.join(", ")
+                },
+                thousands(f.opens),
+                thousands(f.joins),
+                f.policy,
+                if f.refused > 0 {
+                    format!(", {} OPENs refused (no room in the target)", f.refused)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "published     {} messages ({}) in {} {} frames, {:.2} MB{}",
+            thousands(f.published),
+            if f.broadcast {
+                format!("{} per s to everyone", f.rate)
+            } else {
+                format!(
+                    "{} per s per room, {} room{}",
+                    f.rate,
+                    f.rooms,
+                    if f.rooms == 1 { "" } else { "s" }
+                )
+            },
+            thousands(f.frames),
+            match (f.ringgate, f.broadcast) {
+                (true, true) => "BROADCAST",
+                (true, false) => "PUBLISH",
+                (false, _) => "WebSocket",
+            },
+            f.bytes as f64 / 1e6,
+            if f.late > 0 {
+                format!(
+                    "; {} published more than an interval late",
+                    thousands(f.late)
+                )
+            } else {
+                String::new()
+            }
+        );
+        if f.backlog_peak > 64 << 10 {
+            let _ = writeln!(
+                out,
+                "              up to {} KiB waited in one connection's send buffer",
+                thousands(f.backlog_peak / 1024)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "joined        {} clients told \"joined\"",
+        thousands(all.joined)
+    );
+    let _ = writeln!(
+        out,
+        "delivered     {} in {:.2} s = {}/s; in all {} of {} owed to the members open at the end{}",
+        thousands(w.delivered),
+        secs,
+        thousands(rate(w.delivered, secs) as u64),
+        thousands(all.delivered),
+        thousands(all.expected),
+        if all.missing > 0 {
+            format!(
+                "; {} left out (allowed by policy {})",
+                thousands(all.missing),
+                d.fanout.as_ref().map_or("?", |f| f.policy)
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "payload       {:.2} MB/s received",
+        rate(w.bytes_recv, secs) / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "latency       publish to receipt: {}",
+        pct_line(&rtt_all(o))
+    );
+}
+
+/// Every phase's counters added up.
+fn all_counters(o: &Outcome) -> crate::stats::Counters {
+    let mut c = o.setup.counters.clone();
+    c.add(&o.window.counters);
+    c.add(&o.tail.counters);
+    c
+}
+
 /// Target CPU time per round trip (echo, churn) or per upgrade (handshake), in microseconds.
 fn target_us_per_op(mode: Mode, o: &Outcome) -> Option<f64> {
     us_per_op(mode, o, o.window_cores.target?)
@@ -284,6 +423,7 @@ fn primary_count(mode: Mode, c: &crate::stats::Counters) -> u64 {
     match mode {
         Mode::Echo | Mode::Churn => c.round_trips,
         Mode::Handshake => c.connects,
+        Mode::Fanout => c.delivered,
         Mode::Idle => 0,
     }
 }
@@ -291,6 +431,7 @@ fn primary_count(mode: Mode, c: &crate::stats::Counters) -> u64 {
 fn primary_unit(mode: Mode) -> &'static str {
     match mode {
         Mode::Echo | Mode::Churn => "round trip",
+        Mode::Fanout => "delivered message",
         _ => "upgrade",
     }
 }
@@ -312,6 +453,11 @@ fn phase_json(s: &Snapshot, secs: f64) -> Value {
         "bytes_sent_per_sec": rate(c.bytes_sent, secs),
         "bytes_recv_per_sec": rate(c.bytes_recv, secs),
         "skipped": c.skipped,
+        "joined": c.joined,
+        "delivered": c.delivered,
+        "delivered_per_sec": rate(c.delivered, secs),
+        "missing": c.missing,
+        "expected": c.expected,
         "open_at_end": s.open,
         "errors": c.errors,
         "close_codes": c.close_codes,
@@ -337,6 +483,31 @@ pub fn json(d: &Described, o: &Outcome) -> Value {
         "errors_total": total_errors(o).total(),
         "close_codes": merged_close_codes(o),
         "open_at_start": o.open_at_start,
+        "failure": o.failure,
+        "fanout": d.fanout.as_ref().map(|f| {
+            let all = all_counters(o);
+            json!({
+                "mode": if f.ringgate { "ringgate" } else { "peer" },
+                "rooms": f.rooms,
+                "broadcast": f.broadcast,
+                "policy": f.policy,
+                "rate_per_stream": f.rate,
+                "published": f.published,
+                "frames": f.frames,
+                "bytes_written": f.bytes,
+                "backlog_peak_bytes": f.backlog_peak,
+                "late": f.late,
+                "links": f.links,
+                "instances": f.instances,
+                "opens": f.opens,
+                "joins": f.joins,
+                "refused": f.refused,
+                "joined": all.joined,
+                "delivered": all.delivered,
+                "expected": all.expected,
+                "missing": all.missing,
+            })
+        }),
         "cpu": {
             "harness_cores": o.window_cores.harness,
             "target_cores": o.window_cores.target,
@@ -359,6 +530,13 @@ pub fn json(d: &Described, o: &Outcome) -> Value {
 /// p99 latency on the right, one point per second.
 pub fn svg(d: &Described, o: &Outcome) -> String {
     let (rate_label, rates): (&str, Vec<f64>) = match d.mode {
+        Mode::Fanout => (
+            "delivered/s",
+            o.series
+                .iter()
+                .map(|p| p.delivered as f64 / p.secs.max(1e-3))
+                .collect(),
+        ),
         Mode::Echo | Mode::Churn => (
             "round trips/s",
             o.series
@@ -379,11 +557,12 @@ pub fn svg(d: &Described, o: &Outcome) -> String {
         ),
     };
     let lat_of = |p: &Point| match d.mode {
-        Mode::Echo | Mode::Churn => p.p99_us,
+        Mode::Echo | Mode::Churn | Mode::Fanout => p.p99_us,
         _ => p.handshake_p99_us,
     } as f64;
     let lat_label = match d.mode {
         Mode::Echo | Mode::Churn => "p99 round trip (us)",
+        Mode::Fanout => "p99 publish to receipt (us)",
         _ => "p99 upgrade (us)",
     };
     let lats: Vec<f64> = o.series.iter().map(lat_of).collect();

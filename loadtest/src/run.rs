@@ -10,6 +10,24 @@ use crate::net;
 use crate::stats::Snapshot;
 use crate::worker::Mode;
 
+/// What a workload with a side of its own (fan-out's publisher) needs from the phases. The
+/// defaults do nothing.
+pub trait Hooks {
+    /// A reason the run cannot go on (checked during setup and once a second in the window).
+    fn failure(&self) -> Option<String> {
+        None
+    }
+    /// The window starts.
+    fn go(&mut self) {}
+    /// The window ends: called before the workers are told to drain.
+    fn stop(&mut self) {}
+}
+
+/// No side of its own: echo, idle, handshake, churn.
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
 pub struct Settings {
     pub mode: Mode,
     /// Length of the measured window in seconds (idle: the hold).
@@ -31,6 +49,8 @@ pub struct Point {
     /// Seconds since the window started (end of this interval).
     pub t: f64,
     pub round_trips: u64,
+    /// Fan-out: messages delivered to members.
+    pub delivered: u64,
     pub msgs_sent: u64,
     pub connects: u64,
     pub closes: u64,
@@ -57,6 +77,7 @@ impl Point {
         Point {
             t,
             round_trips: s.counters.round_trips,
+            delivered: s.counters.delivered,
             msgs_sent: s.counters.msgs_sent,
             connects: s.counters.connects,
             closes: s.counters.closes,
@@ -99,6 +120,8 @@ pub struct Outcome {
     pub rss: Option<Rss>,
     pub open_at_start: u64,
     pub interrupted: bool,
+    /// Why the run was cut short by its own side ([`Hooks::failure`]), if it was.
+    pub failure: Option<String>,
 }
 
 fn target_cpu_ns(pids: &[u32]) -> Option<net::ProcCpu> {
@@ -159,7 +182,7 @@ pub struct Cores {
     pub machine: f64,
 }
 
-pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
+pub fn drive(set: &Settings, ctl: &mut Controller, hooks: &mut dyn Hooks) -> Outcome {
     let t0 = Instant::now();
     let mut tick = 0u64;
     let mut interrupted_run = false;
@@ -173,6 +196,9 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
         ctl.wait_until(next.min(setup_deadline), true, Controller::all_ready);
         if interrupted() {
             interrupted_run = true;
+            break;
+        }
+        if hooks.failure().is_some() {
             break;
         }
         let now = Instant::now();
@@ -212,6 +238,10 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
     }
 
     // The measured window.
+    let failed_in_setup = hooks.failure().is_some();
+    if !failed_in_setup {
+        hooks.go();
+    }
     ctl.fleet.send(Cmd::Go);
     let w0 = Instant::now();
     let cpu0 = CpuMark::now(setup.cpu_ns, &set.pids);
@@ -222,15 +252,19 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
     };
     let mut series = Vec::new();
     let mut last_cpu = setup.cpu_ns;
-    if !interrupted_run {
+    let mut stopped = false;
+    if !interrupted_run && !failed_in_setup {
         for k in 1..=set.window_secs {
             ctl.wait_until(w0 + Duration::from_secs(k), true, |_| false);
             if interrupted() {
                 interrupted_run = true;
             }
-            if k == set.window_secs || interrupted_run {
+            let failed = hooks.failure().is_some();
+            if k == set.window_secs || interrupted_run || failed {
                 // Ends the sending before the last harvest (commands reach each worker in order),
                 // so that nothing sent after the window is measured as part of it.
+                hooks.stop();
+                stopped = true;
                 ctl.fleet.send(Cmd::Drain);
             }
             tick += 1;
@@ -247,7 +281,7 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
             series.push(p);
             window.accumulate(&s);
             prev = cpu;
-            if interrupted_run {
+            if interrupted_run || failed {
                 break;
             }
         }
@@ -259,6 +293,9 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
 
     // Drain (already asked for unless the window never started; workers ignore a second
     // request), then close.
+    if !stopped {
+        hooks.stop();
+    }
     ctl.fleet.send(Cmd::Drain);
     let drained = ctl.wait_until(
         Instant::now() + set.drain_timeout,
@@ -301,6 +338,7 @@ pub fn drive(set: &Settings, ctl: &mut Controller) -> Outcome {
         rss,
         open_at_start: ctl.ready_open,
         interrupted: interrupted_run,
+        failure: hooks.failure(),
     }
 }
 
@@ -322,6 +360,18 @@ fn progress(set: &Settings, label: &str, t: f64, s: &Snapshot, cpu: &Cores, secs
         if h.count > 0 {
             line += &format!("  upgrade p99 {}", micros(h.p99));
         }
+    }
+    if set.mode == Mode::Fanout && label == "run" {
+        let r = s.rtt.summary();
+        line += &format!(
+            "  delivered/s {}  p50 {} p99 {}",
+            thousands((c.delivered as f64 / secs) as u64),
+            micros(r.p50),
+            micros(r.p99),
+        );
+    }
+    if set.mode == Mode::Fanout && label == "setup" {
+        line += &format!("  joined {}", c.joined);
     }
     if matches!(set.mode, Mode::Echo | Mode::Churn) && label == "run" {
         let r = s.rtt.summary();

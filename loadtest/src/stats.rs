@@ -28,6 +28,15 @@ pub struct Errors {
     /// Echoes whose message boundaries differed from what was sent (merged or split messages, as
     /// TCP bridges do); their bytes are still checked, as a stream.
     pub boundary: u64,
+    /// Fan-out: a client's "joined" did not come within the connect timeout.
+    pub join: u64,
+    /// Fan-out, close policy: messages of a member's stream that it never received (skipped in
+    /// the sequence, or still owed when the drain ended).
+    pub lost: u64,
+    /// Fan-out: a message received again right after itself.
+    pub duplicate: u64,
+    /// Fan-out, latest policy: members whose last message received is not the last published.
+    pub stale_end: u64,
 }
 
 impl Errors {
@@ -43,6 +52,10 @@ impl Errors {
         self.timeout += o.timeout;
         self.protocol += o.protocol;
         self.boundary += o.boundary;
+        self.join += o.join;
+        self.lost += o.lost;
+        self.duplicate += o.duplicate;
+        self.stale_end += o.stale_end;
     }
 
     /// All errors (boundary deviations included).
@@ -56,6 +69,10 @@ impl Errors {
             + self.timeout
             + self.protocol
             + self.boundary
+            + self.join
+            + self.lost
+            + self.duplicate
+            + self.stale_end
     }
 
     /// `kind count` pairs of the nonzero kinds.
@@ -77,6 +94,10 @@ impl Errors {
         push("timeout", self.timeout);
         push("protocol", self.protocol);
         push("boundary", self.boundary);
+        push("join", self.join);
+        push("lost", self.lost);
+        push("duplicate", self.duplicate);
+        push("stale-end", self.stale_end);
         if parts.is_empty() {
             "none".to_string()
         } else {
@@ -107,6 +128,16 @@ pub struct Counters {
     pub skipped: u64,
     /// Close codes the server sent on connections it closed itself.
     pub close_codes: BTreeMap<u16, u64>,
+    /// Fan-out: clients told they are in their room.
+    pub joined: u64,
+    /// Fan-out: published messages received and accepted by a member.
+    pub delivered: u64,
+    /// Fan-out, drop and latest policies: messages of a member's stream left out (a gap, or not
+    /// received by the end of the drain); with close they are errors (`lost`) instead.
+    pub missing: u64,
+    /// Fan-out: messages the members still open at the end were owed (the published count of
+    /// each one's stream), counted when they close.
+    pub expected: u64,
     pub errors: Errors,
 }
 
@@ -124,6 +155,10 @@ impl Counters {
         for (k, v) in &o.close_codes {
             *self.close_codes.entry(*k).or_default() += v;
         }
+        self.joined += o.joined;
+        self.delivered += o.delivered;
+        self.missing += o.missing;
+        self.expected += o.expected;
         self.errors.add(&o.errors);
     }
 }
@@ -218,7 +253,8 @@ pub struct Percentiles {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub counters: Counters,
-    /// Round-trip latency of the echoes received since the last harvest.
+    /// Round-trip latency of the echoes received since the last harvest (fan-out: from publish to
+    /// receipt).
     pub rtt: Hist,
     /// Connect-plus-upgrade latency of the upgrades completed since the last harvest.
     pub handshake: Hist,

@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use crate::control::{Cmd, Event, Input};
+use crate::fanout::{self, Order, Policy, Shared, Verdict};
 use crate::frame::{self, OpCode};
 use crate::net::{self, Epoll, IoResult, EV_ERR, EV_HUP, EV_IN, EV_OUT, EV_RDHUP};
 use crate::payload::Pattern;
@@ -24,6 +25,7 @@ pub enum Mode {
     Idle,
     Handshake,
     Churn,
+    Fanout,
 }
 
 impl Mode {
@@ -33,6 +35,7 @@ impl Mode {
             Mode::Idle => "idle",
             Mode::Handshake => "handshake",
             Mode::Churn => "churn",
+            Mode::Fanout => "fanout",
         }
     }
 
@@ -40,9 +43,9 @@ impl Mode {
         matches!(self, Mode::Echo | Mode::Churn)
     }
 
-    /// Whether connections are opened before the measured window (echo, idle) or in it.
+    /// Whether connections are opened before the measured window (echo, idle, fanout) or in it.
     pub fn connects_in_setup(self) -> bool {
-        matches!(self, Mode::Echo | Mode::Idle)
+        matches!(self, Mode::Echo | Mode::Idle | Mode::Fanout)
     }
 }
 
@@ -73,6 +76,21 @@ pub struct Plan {
     /// Connects (and upgrades) in progress at once, per worker.
     pub max_connecting: usize,
     pub max_message: usize,
+    /// Fan-out: the rooms and what the members must see; `None` for the other modes.
+    pub fanout: Option<FanoutPlan>,
+}
+
+/// What the members of a fan-out run do and must receive.
+#[derive(Debug)]
+pub struct FanoutPlan {
+    pub rooms: u32,
+    /// Every client follows the one broadcast stream instead of its room's.
+    pub broadcast: bool,
+    /// ringgate mode: each client also names its user (`user=u{i}`), which ringgate routes by.
+    pub ringgate: bool,
+    pub policy: Policy,
+    /// How many messages each stream has published, kept by the publishing side.
+    pub shared: Arc<Shared>,
 }
 
 /// The share of one worker: global item indices (connections, churn slots or handshake workers).
@@ -133,6 +151,11 @@ struct Conn {
     close_sent: bool,
     close_recv: bool,
     dirty: bool,
+    /// Fan-out: upgraded, waiting for "joined" (counted in `Worker::joining`).
+    joining: bool,
+    /// Fan-out: "joined" received; the order of its stream so far.
+    joined: bool,
+    order: Order,
 }
 
 impl Conn {
@@ -158,6 +181,9 @@ impl Conn {
             close_sent: false,
             close_recv: false,
             dirty: false,
+            joining: false,
+            joined: false,
+            order: Order::default(),
         }
     }
 }
@@ -194,6 +220,8 @@ pub struct Worker {
     connecting: usize,
     open: usize,
     active: usize,
+    /// Fan-out: connections upgraded but not yet told "joined".
+    joining: usize,
     rb: Vec<u8>,
     dirty: Vec<usize>,
     pattern: Pattern,
@@ -244,6 +272,7 @@ impl Worker {
             connecting: 0,
             open: 0,
             active: 0,
+            joining: 0,
             rb: vec![0; rb_len],
             dirty: Vec::new(),
             pattern,
@@ -354,7 +383,7 @@ impl Worker {
                         }
                     }
                     Mode::Handshake | Mode::Churn => self.queue.extend(0..self.slots.len()),
-                    Mode::Idle => {}
+                    Mode::Idle | Mode::Fanout => {}
                 }
             }
             Cmd::Drain if self.phase < Phase::Draining => {
@@ -379,6 +408,7 @@ impl Worker {
                             // Whatever is still unanswered now never will be.
                             self.snap.counters.errors.timeout += c.inflight.len() as u64;
                             c.inflight.clear();
+                            self.settle_fanout(s);
                             self.initiate_close(s, now, 1000);
                         }
                         St::Connecting | St::Handshaking => self.finish(s, End::Clean, now),
@@ -392,16 +422,24 @@ impl Worker {
     }
 
     fn check_progress(&mut self) {
-        if !self.ready_sent && self.queue.is_empty() && self.connecting == 0 {
+        if !self.ready_sent && self.queue.is_empty() && self.connecting == 0 && self.joining == 0 {
             self.ready_sent = true;
             self.send_event(Event::Ready {
                 open: self.open as u64,
             });
         }
         if self.phase == Phase::Draining && !self.drained_sent {
+            let fp = self.plan.fanout.as_ref();
             let drained = self.slots.iter().all(|c| match c.st {
                 St::Idle | St::Done => true,
-                St::Open => c.inflight.is_empty(),
+                St::Open => match fp {
+                    // Every member has what its stream published (or was told it skipped it).
+                    Some(fp) if c.joined => {
+                        let (stream, _) = fanout::stream_of(c.idx, fp.rooms, fp.broadcast);
+                        c.order.caught_up(fp.shared.published(stream))
+                    }
+                    _ => c.inflight.is_empty(),
+                },
                 St::Connecting | St::Handshaking | St::Closing => false,
             });
             if drained {
@@ -448,7 +486,7 @@ impl Worker {
     fn connect(&mut self, s: usize) {
         let now = net::mono_ns();
         let key = match self.plan.mode {
-            Mode::Echo | Mode::Idle => self.slots[s].idx,
+            Mode::Echo | Mode::Idle | Mode::Fanout => self.slots[s].idx,
             Mode::Handshake | Mode::Churn => self.attempts * self.global_workers + self.global_id,
         };
         self.attempts += 1;
@@ -481,6 +519,9 @@ impl Worker {
         c.close_recv = false;
         c.send_seq = 0;
         c.recv_seq = 0;
+        c.joining = false;
+        c.joined = false;
+        c.order = Order::default();
         self.connecting += 1;
         self.active += 1;
     }
@@ -491,11 +532,20 @@ impl Worker {
         key_bytes[8..].copy_from_slice(&self.next_rand().to_le_bytes());
         use base64::Engine as _;
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
-        let target = self.plan.target.request_target(
-            self.plan.query.as_deref(),
-            self.slots[s].idx,
-            self.plan.proc_index,
-        );
+        let idx = self.slots[s].idx;
+        let query = match &self.plan.fanout {
+            Some(fp) => Some(fanout::query_template(
+                idx,
+                fp.rooms,
+                fp.ringgate,
+                self.plan.query.as_deref(),
+            )),
+            None => self.plan.query.clone(),
+        };
+        let target = self
+            .plan
+            .target
+            .request_target(query.as_deref(), idx, self.plan.proc_index);
         let extra = crate::target::expand_headers(
             &self.plan.headers,
             self.slots[s].idx,
@@ -733,6 +783,13 @@ impl Worker {
             Mode::Handshake => self.initiate_close(s, now, 1000),
             Mode::Echo | Mode::Churn => self.refill(s, now),
             Mode::Idle => {}
+            Mode::Fanout => {
+                // The server says "joined" once the client is in its room; until then the run
+                // cannot start.
+                c.joining = true;
+                c.deadline = now + self.plan.connect_timeout_ns;
+                self.joining += 1;
+            }
         }
         true
     }
@@ -806,6 +863,10 @@ impl Worker {
     }
 
     fn on_message(&mut self, s: usize, op: OpCode, payload: &[u8], now: u64) {
+        if self.plan.mode == Mode::Fanout {
+            self.on_published(s, op, payload, now);
+            return;
+        }
         let counters = &mut self.snap.counters;
         if !self.plan.mode.sends() {
             counters.errors.mismatch += 1;
@@ -839,6 +900,86 @@ impl Worker {
         }
         stream.drain(..off);
         c.stream = stream;
+    }
+
+    /// Fan-out: "joined", then the messages of the member's stream, each checked for content, room
+    /// and order.
+    fn on_published(&mut self, s: usize, op: OpCode, payload: &[u8], now: u64) {
+        let Some(fp) = &self.plan.fanout else {
+            return;
+        };
+        let size = self.plan.size;
+        let counters = &mut self.snap.counters;
+        counters.bytes_recv += payload.len() as u64;
+        let c = &mut self.slots[s];
+        if op == OpCode::Text && payload == fanout::JOINED {
+            if c.joining {
+                c.joining = false;
+                c.joined = true;
+                self.joining -= 1;
+                counters.joined += 1;
+            } else {
+                counters.errors.mismatch += 1;
+            }
+            return;
+        }
+        let (stream, room) = fanout::stream_of(c.idx, fp.rooms, fp.broadcast);
+        let msg = match fanout::parse(payload, size) {
+            Ok(m) if op == OpCode::Binary && c.joined => m,
+            _ => {
+                counters.errors.mismatch += 1;
+                return;
+            }
+        };
+        // Another room's message, or a sequence number nobody published yet.
+        if msg.room != room || msg.seq >= fp.shared.published(stream) {
+            counters.errors.mismatch += 1;
+            return;
+        }
+        match c.order.accept(msg.seq) {
+            Verdict::Next => {}
+            Verdict::Gap { skipped } => {
+                if fp.policy == Policy::Close {
+                    counters.errors.lost += skipped;
+                } else {
+                    counters.missing += skipped;
+                }
+            }
+            Verdict::Duplicate => {
+                counters.errors.duplicate += 1;
+                return;
+            }
+            Verdict::Backwards => {
+                counters.errors.out_of_order += 1;
+                return;
+            }
+        }
+        counters.delivered += 1;
+        self.snap.rtt.record(now.saturating_sub(msg.ts) / 1000);
+    }
+
+    /// Fan-out, at the end of the run: what member `s` is still owed of its stream.
+    fn settle_fanout(&mut self, s: usize) {
+        let Some(fp) = &self.plan.fanout else {
+            return;
+        };
+        let c = &self.slots[s];
+        if !c.joined {
+            return;
+        }
+        let (stream, _) = fanout::stream_of(c.idx, fp.rooms, fp.broadcast);
+        let published = fp.shared.published(stream);
+        let tail = c.order.finish(published, fp.policy);
+        let counters = &mut self.snap.counters;
+        counters.expected += published;
+        if fp.policy == Policy::Close {
+            counters.errors.lost += tail.missing;
+        } else {
+            counters.missing += tail.missing;
+        }
+        if tail.stale {
+            counters.errors.stale_end += 1;
+        }
     }
 
     /// After a read: top up the window (closed loop), or end a churn connection whose time is up.
@@ -1025,6 +1166,10 @@ impl Worker {
                     }
                     self.finish(s, End::Failed, now);
                 }
+                St::Open if c.joining && now > c.deadline => {
+                    self.snap.counters.errors.join += 1;
+                    self.finish(s, End::Failed, now);
+                }
                 St::Open => {
                     if let Some(&oldest) = c.inflight.front() {
                         if now.saturating_sub(oldest) > timeout {
@@ -1072,6 +1217,10 @@ impl Worker {
             }
             c.fd = -1;
             self.active -= 1;
+        }
+        if c.joining {
+            c.joining = false;
+            self.joining -= 1;
         }
         c.gen = c.gen.wrapping_add(1);
         c.rleft = Vec::new();
