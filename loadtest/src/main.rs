@@ -523,9 +523,13 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().flush();
         }
     }
+    let mut pids = c.pids.clone();
     let url = if c.url == "-" {
         match url_from_stdin(Duration::from_secs_f64(c.setup_timeout.max(0.0))) {
-            Ok(u) => u,
+            Ok((u, more)) => {
+                pids.extend(more);
+                u
+            }
             Err(e) => {
                 // What the game server saw meanwhile explains more than a missing URL.
                 match hub.as_ref().and_then(Hub::failure) {
@@ -640,7 +644,7 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("ringgate-load: warm-up connection failed: {e}"),
         }
     }
-    let rss_before = run::target_rss_kib(&c.pids);
+    let rss_before = run::target_rss_kib(&pids);
     let fleet = if procs > 1 {
         Fleet::children(&raw_args, procs)
     } else {
@@ -661,7 +665,7 @@ fn main() -> ExitCode {
         drain_timeout: Duration::from_secs_f64(c.drain.max(0.0)),
         close_timeout: Duration::from_secs_f64(c.close_timeout.max(0.0)),
         expected: job.items,
-        pids: c.pids.clone(),
+        pids: pids.clone(),
         progress: !c.quiet,
         rss_before,
     };
@@ -712,7 +716,7 @@ fn main() -> ExitCode {
         obj.insert("threads".into(), json!(threads));
         obj.insert("query".into(), json!(c.query));
         obj.insert("headers".into(), json!(c.headers));
-        obj.insert("pids".into(), json!(c.pids));
+        obj.insert("pids".into(), json!(pids));
         obj.insert("timeout".into(), json!(c.timeout));
         obj.insert("connect_concurrency".into(), json!(c.connect_concurrency));
     }
@@ -781,8 +785,10 @@ fn listen(addr: &str, allow_remote: bool) -> Result<std::net::TcpListener, Strin
 }
 
 /// `--url -`: the first line of stdin, waited for at most `limit` (ringgate prints its URL only
-/// once its links are up, which needs this process's game server first).
-fn url_from_stdin(limit: Duration) -> Result<String, String> {
+/// once its links are up, which needs this process's game server first). Its first `ws://` word
+/// is the URL, and `pid=N` words name more target processes, as `--pid` does: the server's pid is
+/// known only once it runs, after the harness.
+fn url_from_stdin(limit: Duration) -> Result<(String, Vec<u32>), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -791,21 +797,34 @@ fn url_from_stdin(limit: Duration) -> Result<String, String> {
     });
     match rx.recv_timeout(limit) {
         Ok(Ok((0, _))) => Err("stdin ended before a URL".into()),
-        Ok(Ok((_, line))) => {
-            // Accepts ringgate's own line ("ringgate listening on ws://... (2 workers)") as well as
-            // the bare URL.
-            let url = line
-                .split_whitespace()
-                .find(|w| w.starts_with("ws://") || w.starts_with("wss://"))
-                .unwrap_or(line.trim());
-            Ok(url.to_string())
-        }
+        Ok(Ok((_, line))) => parse_url_line(&line),
         Ok(Err(e)) => Err(format!("reading stdin: {e}")),
         Err(_) => Err(format!(
             "no URL on stdin within {:.0} s",
             limit.as_secs_f64()
         )),
     }
+}
+
+/// The URL and `pid=N` words of a `--url -` line. Accepts ringgate's own line ("ringgate listening
+/// on ws://... (2 workers)") as well as the bare URL.
+fn parse_url_line(line: &str) -> Result<(String, Vec<u32>), String> {
+    let mut pids = Vec::new();
+    for w in line.split_whitespace() {
+        if let Some(p) = w.strip_prefix("pid=") {
+            for p in p.split(',') {
+                pids.push(
+                    p.parse()
+                        .map_err(|_| format!("bad pid {p:?} in {line:?}"))?,
+                );
+            }
+        }
+    }
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://") || w.starts_with("wss://"))
+        .ok_or_else(|| format!("no ws:// URL in {:?}", line.trim()))?;
+    Ok((url.to_string(), pids))
 }
 
 /// A blocking connection and upgrade, held by the controller (idle's warm-up). Uses the user
@@ -925,6 +944,17 @@ mod tests {
         ] {
             assert!(fanout_job(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_url_line("ringgate listening on ws://127.0.0.1:9/ws (2 workers) pid=42\n"),
+            Ok(("ws://127.0.0.1:9/ws".into(), vec![42]))
+        );
+        assert_eq!(
+            parse_url_line("ws://[::1]:9/ pid=1,2"),
+            Ok(("ws://[::1]:9/".into(), vec![1, 2]))
+        );
+        assert_eq!(parse_url_line("ws://x/"), Ok(("ws://x/".into(), vec![])));
+        assert!(parse_url_line("ws://x/ pid=me").is_err());
+        assert!(parse_url_line(" pid=5").is_err(), "no URL");
         assert!(listen("10.0.0.1:0", false).is_err(), "loopback only");
         assert!(listen("localhost:0", false).is_err(), "an IP, not a name");
     }
