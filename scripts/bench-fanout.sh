@@ -16,10 +16,13 @@
 # Every member must receive every message of its room exactly once, in order; a message still owed
 # when the drain ends counts as lost (a server that cannot keep up shows there and in the p99).
 #
-# Env: FANOUT_ROUNDS (default 2), FANOUT_SECONDS (publishing window per run, default 6),
-#      FANOUT_DRAIN (seconds to wait for what is still owed, default 3), FANOUT_CLIENTS (default
-#      10000), BENCH_OUT (default a new /tmp/ringgate-bench-fanout.XXXXXX). The defaults take about
-#      10 minutes on the 2-core machine. Builds ringgate and the harness (release; CARGO_TARGET_DIR
+# Env: FANOUT_ROUNDS (default 2), FANOUT_SECONDS (publishing window per run, default 5),
+#      FANOUT_DRAIN (seconds to wait for what is still owed, default 2), FANOUT_CLIENTS (default
+#      10000), FANOUT_COALESCE_US (the harness's --coalesce-us, default 200: it halves the harness's
+#      CPU per message when a server sends to its clients one by one, and adds at most 0.2 ms to
+#      every target's latency alike), BENCH_OUT (default a new /tmp/ringgate-bench-fanout.XXXXXX).
+#      The defaults take about 10 minutes on the 2-core machine, most of it the peers' setup of
+#      10,000 connections and their backlog. Builds ringgate and the harness (release; CARGO_TARGET_DIR
 #      is honoured), runs `npm ci` for the Node peer and pip-installs websockets 17.4 if missing.
 #      Round r runs the targets in a rotated order (ringgate node python, node python ringgate, ...).
 #      CPU is utime+stime of the server's process over the window (/proc/PID/stat), divided by the
@@ -34,8 +37,10 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ROUNDS=$(positive FANOUT_ROUNDS "${FANOUT_ROUNDS:-2}")
-SECS=$(positive FANOUT_SECONDS "${FANOUT_SECONDS:-6}")
-DRAIN=$(positive FANOUT_DRAIN "${FANOUT_DRAIN:-3}")
+SECS=$(positive FANOUT_SECONDS "${FANOUT_SECONDS:-5}")
+DRAIN=$(positive FANOUT_DRAIN "${FANOUT_DRAIN:-2}")
+COALESCE=${FANOUT_COALESCE_US:-200}
+[[ $COALESCE =~ ^[0-9]+$ ]] || { echo "${0##*/}: FANOUT_COALESCE_US must be a whole number" >&2; exit 2; }
 CLIENTS=$(positive FANOUT_CLIENTS "${FANOUT_CLIENTS:-10000}")
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringgate-bench-fanout.XXXXXX)}
 mkdir -p "$OUT"
@@ -80,11 +85,16 @@ cleanup() {
 trap cleanup EXIT
 
 # Stops the server started last (SIGTERM: each one exits on it, ringgate after closing its
-# sessions) and waits for it.
+# sessions) and waits for it, at most 20 s: a peer still working through its backlog is killed.
 stop_server() {
+  local watchdog
   if [ -n "$SERVER_PID" ]; then
     kill "$SERVER_PID" 2>/dev/null || true
+    { sleep 20; kill -KILL "$SERVER_PID" 2>/dev/null; } &
+    watchdog=$!
     wait "$SERVER_PID" 2>/dev/null || true
+    kill "$watchdog" 2>/dev/null || true
+    wait "$watchdog" 2>/dev/null || true
   fi
   SERVER_PID=''
   exec 7<&-
@@ -111,7 +121,7 @@ run_fanout() { # target name args...
   local target=$1 name=$2; shift 2
   local limit=$(( SECS + DRAIN + 240 ))
   local common=(--clients "$CLIENTS" --size 64 --duration "$SECS" --drain "$DRAIN"
-                --close-timeout 2 --quiet --json "$OUT/$name.json")
+                --coalesce-us "$COALESCE" --close-timeout 2 --quiet --json "$OUT/$name.json")
   rm -f "$OUT/$name.json"
   echo "$TAG: $name"
   if [ "$target" != ringgate ]; then
@@ -152,7 +162,8 @@ run_fanout() { # target name args...
   # ringgate's URL line, and its pid for the CPU and memory figures (it runs after the harness).
   line=$(first_line /dev/fd/7) || line=''
   rm -f "$rg_fifo"
-  echo "$line pid=$SERVER_PID" >&6
+  # In a subshell: a harness that is gone already must not take the script down with SIGPIPE.
+  ( echo "$line pid=$SERVER_PID" >&6 ) 2>/dev/null || true
   exec 6>&-
   wait "$HARNESS_PID" || true
   HARNESS_PID=''
@@ -190,7 +201,7 @@ done
 
 {
   echo "machine: $(nproc) CPUs, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "rounds $ROUNDS, ${SECS} s of publishing per run, ${DRAIN} s of drain, $CLIENTS clients, 64-byte messages"
+  echo "rounds $ROUNDS, ${SECS} s of publishing per run, ${DRAIN} s of drain, $CLIENTS clients, 64-byte messages, harness --coalesce-us $COALESCE"
 } >"$OUT/machine.txt"
 
 python3 - "$OUT" "$ROUNDS" "${TARGETS[@]}" <<'PY' | tee "$OUT/summary.md"
