@@ -312,12 +312,6 @@ impl Worker {
             let now = net::mono_ns();
             let timeout_ms = (self.next_sweep.saturating_sub(now) / 1_000_000).min(50) as i32;
             let n = self.ep.wait(&mut events, timeout_ms);
-            if n > 0 && n < COALESCE_BELOW && self.plan.coalesce_ns > 0 {
-                // Fewer wake-ups, each finding more connections ready: a context switch per few
-                // messages is most of the harness's CPU when a server sends to thousands of
-                // clients one by one. What arrives meanwhile is timed up to this much late.
-                std::thread::sleep(std::time::Duration::from_nanos(self.plan.coalesce_ns));
-            }
             for ev in &events[..n] {
                 let (token, mask) = (ev.u64, ev.events);
                 match token {
@@ -345,6 +339,13 @@ impl Worker {
             if now >= self.next_sweep {
                 self.sweep(now);
                 self.next_sweep = now + SWEEP_NS;
+            }
+            if n > 0 && n < COALESCE_BELOW && self.plan.coalesce_ns > 0 {
+                // Fewer wake-ups, each finding more connections ready: a context switch per few
+                // messages is most of the harness's CPU when a server sends to thousands of
+                // clients one by one. What arrives meanwhile is timed up to this much late; what
+                // woke this turn was timed already.
+                std::thread::sleep(std::time::Duration::from_nanos(self.plan.coalesce_ns));
             }
         }
         let snap = self.take_snapshot();
