@@ -487,9 +487,7 @@ impl Drop for Gateway {
     }
 }
 
-// Enable when the gateway speaks version 2.
 #[test]
-#[ignore]
 fn ringgate_fans_out_rooms_and_broadcasts_exactly_once() {
     let _one = serial();
     for (test, extra, streams) in [
