@@ -143,10 +143,6 @@ impl<S: Clone> Link<S> {
         self.up
     }
 
-    pub fn version(&self) -> u16 {
-        self.version
-    }
-
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
