@@ -276,7 +276,9 @@ impl Session {
     }
 
     /// After a read: the session now holds `held` bytes of messages not yet complete. Starts or
-    /// ends the clock of [`Session::too_slow`].
+    /// ends the clock of [`Session::too_slow`]; a message completed in the read restarted it
+    /// already, so that a client whose reads keep ending mid-frame (a stream of small messages)
+    /// is timed per message, not as one endless one.
     pub fn on_partial(&mut self, held: usize, now: u32) {
         if held == 0 {
             self.partial_since = u32::MAX;
@@ -327,6 +329,7 @@ impl Session {
             let forwarding = self.state & (CLOSE_SENT | UPSTREAM_DONE) == 0;
             let msg = match self.decoder.decode_small(buf, max_message, small) {
                 Ok(Some(Decoded::InPlace { text, len })) => {
+                    self.partial_since = u32::MAX;
                     if forwarding {
                         // A dropped message leaves the buffer here; a closing session's is cleared.
                         let over = self.over_rate(len, buf);
@@ -354,6 +357,11 @@ impl Session {
                     });
                 }
             };
+            if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                // A message completed: whatever is held after this read belongs to the next one,
+                // whose clock starts afresh (see `on_partial`).
+                self.partial_since = u32::MAX;
+            }
             match msg {
                 Message::Text(payload) if forwarding => {
                     return Some(

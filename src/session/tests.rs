@@ -972,6 +972,29 @@ fn a_message_trickling_slower_than_the_minimum_rate_is_too_slow_after_the_grace(
 }
 
 #[test]
+fn a_stream_of_messages_split_across_reads_is_timed_per_message() {
+    // Each read ends in the middle of the next message: the session always holds something, but
+    // every message completes quickly, so none is too slow however long the stream lasts.
+    let mut s = Session::new(NOW);
+    let frame = binary(&[7u8; 100]);
+    let (head, tail) = frame.split_at(40);
+    let mut buf = BytesMut::from(head);
+    assert!(s.receive(&mut buf, 1 << 20, 0).is_none());
+    s.on_partial(buf.len(), NOW);
+    for t in 1..100 {
+        buf.extend_from_slice(tail);
+        buf.extend_from_slice(head);
+        assert!(matches!(
+            s.receive(&mut buf, 1 << 20, 0),
+            Some(Received::Data { .. })
+        ));
+        assert!(s.receive(&mut buf, 1 << 20, 0).is_none());
+        s.on_partial(buf.len(), NOW + t);
+        assert!(!s.too_slow(buf.len(), NOW + t, 10, 1024), "at {t} s");
+    }
+}
+
+#[test]
 fn the_receive_rate_is_the_message_so_far_over_its_age() {
     let mut s = Session::new(NOW);
     s.on_partial(4096, NOW);
