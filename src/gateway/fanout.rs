@@ -1,32 +1,22 @@
 //! Fan-out (protocol version 2): one message from a game server queued to many sessions of the
 //! core, under the slow-member policy each joined its group with.
 //!
-//! Owns the framing of a published message and the application of the policies `close`, `drop`
-//! and `latest` (docs/protocol.md, "Fan-out"). The WebSocket frame is built once per message and
-//! core, header and payload in one buffer, and every member's queue holds a reference to it: no
+//! Owns the application of the policies `close`, `drop` and `latest` (docs/protocol.md,
+//! "Fan-out"). The WebSocket frame is built once per message and core (`ws::encode_server_frame`,
+//! header and payload in one buffer), and every member's queue holds a reference to it: no
 //! member costs a copy or a framing of its own, and N slow members hold one message plus a queue
 //! slot each. Never decides who the members are (the link machine does) and never writes to a
 //! socket (the flusher does).
 
 use std::rc::Rc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::gateway::conn::{flag, Conn};
 use crate::gateway::core::{bump, Core};
 use crate::link::Fanout;
 use crate::protocol::Policy;
-use crate::ws::{encode_header, OpCode, MAX_HEADER_LEN};
-
-/// The whole WebSocket frame of one unfragmented server message.
-pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut head = [0u8; MAX_HEADER_LEN];
-    let n = encode_header(&mut head, true, opcode, payload.len() as u64);
-    let mut out = BytesMut::with_capacity(n + payload.len());
-    out.put_slice(&head[..n]);
-    out.put_slice(payload);
-    out.freeze()
-}
+use crate::ws::{encode_server_frame, OpCode};
 
 impl Core {
     /// Queues one message to every target of a PUBLISH, BROADCAST or MULTICAST.
@@ -36,7 +26,7 @@ impl Core {
             return;
         }
         let opcode = if f.text { OpCode::Text } else { OpCode::Binary };
-        let frame = frame(opcode, &f.payload);
+        let frame = encode_server_frame(opcode, &f.payload);
         for (c, policy) in &f.targets {
             self.send_member(c, &frame, *policy, f.group);
         }

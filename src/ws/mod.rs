@@ -18,7 +18,8 @@ pub mod utf8;
 pub use close::{close_payload, is_valid_close_code, parse_close_payload, CloseFrame};
 pub use decoder::{Decoded, Decoder, Message, ProtocolError};
 pub use frame::{
-    apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, OpCode, MAX_HEADER_LEN,
+    apply_mask, apply_mask_bytewise, encode_client_frame, encode_header, encode_server_frame,
+    OpCode, MAX_HEADER_LEN,
 };
 pub use handshake::{
     accept_key, parse_request, percent_decode, query_param, write_accept_response, HandshakeConfig,

@@ -49,6 +49,17 @@ fn write_len(out: &mut [u8; MAX_HEADER_LEN], mask_bit: u8, len: u64) -> usize {
     }
 }
 
+/// A whole unmasked, final server frame (header and payload in one buffer): what a message sent
+/// to many clients is framed as once, each client's queue sharing it.
+pub fn encode_server_frame(opcode: OpCode, payload: &[u8]) -> bytes::Bytes {
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut head, true, opcode, payload.len() as u64);
+    let mut frame = bytes::BytesMut::with_capacity(n + payload.len());
+    frame.extend_from_slice(&head[..n]);
+    frame.extend_from_slice(payload);
+    frame.freeze()
+}
+
 /// Builds a complete masked client frame. `rsv` is the 3-bit RSV field
 /// (0b100 = RSV1, 0b010 = RSV2, 0b001 = RSV3) and `opcode` the raw 4-bit
 /// value, so tests can produce frames the decoder must reject.
@@ -75,6 +86,17 @@ pub fn encode_client_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_frame_is_its_header_then_its_payload() {
+        assert_eq!(
+            &encode_server_frame(OpCode::Text, b"hello")[..],
+            b"\x81\x05hello"
+        );
+        let long = encode_server_frame(OpCode::Binary, &[9u8; 300]);
+        assert_eq!(&long[..4], &[0x82, 126, 0x01, 0x2c]);
+        assert_eq!(long.len(), 4 + 300);
+    }
 
     fn header(fin: bool, opcode: OpCode, len: u64) -> Vec<u8> {
         let mut out = [0u8; MAX_HEADER_LEN];

@@ -8,6 +8,6 @@ pub mod header;
 pub mod mask;
 pub mod opcode;
 
-pub use header::{encode_client_frame, encode_header, MAX_HEADER_LEN};
+pub use header::{encode_client_frame, encode_header, encode_server_frame, MAX_HEADER_LEN};
 pub use mask::{apply_mask, apply_mask_bytewise};
 pub use opcode::OpCode;
