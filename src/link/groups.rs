@@ -4,8 +4,8 @@
 //! Owns the membership tables of one link. A name on one link is unrelated to the same name on
 //! another, so nothing here is shared between links or cores. Never delivers anything: a publish
 //! becomes the list of its members, which the driver queues. Never keeps a slice of the link's
-//! read buffer (a group name is copied once, when its group is created), so that a long-lived group
-//! does not pin a buffer.
+//! read buffer: a group's name is copied when the group is created, and a member records only the
+//! group's number, so a long-lived group neither pins a buffer nor repeats its name per member.
 
 use rustc_hash::FxHashMap;
 
@@ -16,21 +16,23 @@ use crate::protocol::Policy;
 pub type GroupId = u32;
 
 struct Group<S> {
-    id: GroupId,
+    name: Box<[u8]>,
     members: FxHashMap<u64, (S, Policy)>,
 }
 
 pub struct Groups<S> {
-    by_name: FxHashMap<Box<[u8]>, Group<S>>,
-    /// The groups each member is in, by name, to leave them all when it closes.
-    member_of: FxHashMap<u64, Vec<Box<[u8]>>>,
+    ids: FxHashMap<Box<[u8]>, GroupId>,
+    groups: FxHashMap<GroupId, Group<S>>,
+    /// The groups each member is in, to leave them all when it closes.
+    member_of: FxHashMap<u64, Vec<GroupId>>,
     next_id: GroupId,
 }
 
 impl<S> Default for Groups<S> {
     fn default() -> Self {
         Groups {
-            by_name: FxHashMap::default(),
+            ids: FxHashMap::default(),
+            groups: FxHashMap::default(),
             member_of: FxHashMap::default(),
             next_id: 1,
         }
@@ -40,30 +42,41 @@ impl<S> Default for Groups<S> {
 impl<S: Clone> Groups<S> {
     /// Adds `session` to `name` with `policy`; a second join updates the policy.
     pub fn join(&mut self, session: u64, handle: S, policy: Policy, name: &[u8]) {
-        let group = match self.by_name.get_mut(name) {
-            Some(g) => g,
+        let id = match self.ids.get(name) {
+            Some(&id) => id,
             None => {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(1);
-                self.by_name.entry(name.into()).or_insert(Group {
+                self.ids.insert(name.into(), id);
+                self.groups.insert(
                     id,
-                    members: FxHashMap::default(),
-                })
+                    Group {
+                        name: name.into(),
+                        members: FxHashMap::default(),
+                    },
+                );
+                id
             }
         };
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
         if group.members.insert(session, (handle, policy)).is_none() {
-            self.member_of.entry(session).or_default().push(name.into());
+            self.member_of.entry(session).or_default().push(id);
         }
     }
 
     /// Takes `session` out of `name`; nothing if it was not in it.
     pub fn leave(&mut self, session: u64, name: &[u8]) {
-        if !self.remove_member(session, name) {
+        let Some(&id) = self.ids.get(name) else {
+            return;
+        };
+        if !self.remove_member(session, id) {
             return;
         }
-        if let Some(names) = self.member_of.get_mut(&session) {
-            names.retain(|n| &**n != name);
-            if names.is_empty() {
+        if let Some(ids) = self.member_of.get_mut(&session) {
+            ids.retain(|&g| g != id);
+            if ids.is_empty() {
                 self.member_of.remove(&session);
             }
         }
@@ -71,18 +84,20 @@ impl<S: Clone> Groups<S> {
 
     /// The session is gone: it leaves every group it was in.
     pub fn leave_all(&mut self, session: u64) {
-        for name in self.member_of.remove(&session).unwrap_or_default() {
-            self.remove_member(session, &name);
+        for id in self.member_of.remove(&session).unwrap_or_default() {
+            self.remove_member(session, id);
         }
     }
 
-    fn remove_member(&mut self, session: u64, name: &[u8]) -> bool {
-        let Some(group) = self.by_name.get_mut(name) else {
+    fn remove_member(&mut self, session: u64, id: GroupId) -> bool {
+        let Some(group) = self.groups.get_mut(&id) else {
             return false;
         };
         let was = group.members.remove(&session).is_some();
         if group.members.is_empty() {
-            self.by_name.remove(name);
+            if let Some(group) = self.groups.remove(&id) {
+                self.ids.remove(&group.name);
+            }
         }
         was
     }
@@ -90,14 +105,15 @@ impl<S: Clone> Groups<S> {
     /// The members of `name` but `except` (0: none), with their policies, and the group's id;
     /// `None` for a group with no members.
     pub fn members(&self, name: &[u8], except: u64) -> Option<(GroupId, Vec<(S, Policy)>)> {
-        let group = self.by_name.get(name)?;
+        let id = *self.ids.get(name)?;
+        let group = self.groups.get(&id)?;
         let members = group
             .members
             .iter()
-            .filter(|(id, _)| **id != except)
+            .filter(|(session, _)| **session != except)
             .map(|(_, m)| m.clone())
             .collect();
-        Some((group.id, members))
+        Some((id, members))
     }
 
     /// How many groups `session` is in.
@@ -107,15 +123,16 @@ impl<S: Clone> Groups<S> {
 
     /// How many groups have members.
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.groups.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.groups.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.by_name.clear();
+        self.ids.clear();
+        self.groups.clear();
         self.member_of.clear();
     }
 }
