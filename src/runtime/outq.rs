@@ -413,19 +413,10 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
 
-    #[test]
-    fn partial_writes_resume_mid_frame_in_order() {
-        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let mut q = OutQueue::default();
-        let big = Bytes::from(vec![7u8; 4 << 20]);
-        q.push(b"HEAD", big.clone());
-        q.push(b"", Bytes::from_static(b"tail"));
-        assert_eq!(q.queued(), 4 + big.len() + 4);
-        // The socket buffer is far smaller than 4 MiB: the first flush must stop part way.
-        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
-        assert!(q.queued() > 0 && q.queued() < big.len());
+    /// Flushes all of `q` into `a` while a thread reads everything from `b`; what `b` read.
+    fn flush_to_reader(q: &mut OutQueue, a: UnixStream, mut b: UnixStream) -> Vec<u8> {
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
             b.read_to_end(&mut all).unwrap();
@@ -436,7 +427,22 @@ mod tests {
         }
         assert_eq!(q.queued(), 0);
         drop(a);
-        let all = reader.join().unwrap();
+        reader.join().unwrap()
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame_in_order() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::default();
+        let big = Bytes::from(vec![7u8; 4 << 20]);
+        q.push(b"HEAD", big.clone());
+        q.push(b"", Bytes::from_static(b"tail"));
+        assert_eq!(q.queued(), 4 + big.len() + 4);
+        // The socket buffer is far smaller than 4 MiB: the first flush must stop part way.
+        assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
+        assert!(q.queued() > 0 && q.queued() < big.len());
+        let all = flush_to_reader(&mut q, a, b);
         assert_eq!(&all[..4], b"HEAD");
         assert!(all[4..4 + big.len()].iter().all(|&x| x == 7));
         assert_eq!(&all[4 + big.len()..], b"tail");
@@ -573,23 +579,14 @@ mod tests {
 
     #[test]
     fn push_latest_never_drops_a_frame_that_started_to_leave() {
-        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let mut q = OutQueue::default();
         let big = Bytes::from(vec![1u8; 4 << 20]);
         q.push_latest(big.clone(), 3);
         assert_eq!(q.flush(a.as_fd()).unwrap(), Flush::Blocked);
         assert!(!q.push_latest(Bytes::from_static(b"new"), 3));
-        let reader = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            b.read_to_end(&mut all).unwrap();
-            all
-        });
-        while q.flush(a.as_fd()).unwrap() == Flush::Blocked {
-            std::thread::yield_now();
-        }
-        drop(a);
-        let all = reader.join().unwrap();
+        let all = flush_to_reader(&mut q, a, b);
         assert_eq!(all.len(), big.len() + 3);
         assert_eq!(&all[big.len()..], b"new");
     }
