@@ -7,6 +7,10 @@
 #
 #   scripts/bench-fanout.sh                     ringgate, node, python
 #   scripts/bench-fanout.sh node python         some targets (the peers alone need no version 2)
+#   scripts/bench-fanout.sh ringgate ringgate-single
+#                                               ringgate with batched sends (the default) against
+#                                               ringgate sending one socket at a time
+#                                               (`batched_sends = false`)
 #
 # Scenarios, 64-byte messages, FANOUT_CLIENTS clients (default 10000):
 #   room-r20     one room of all the clients, 20 messages/s (ringgate: its members over both workers)
@@ -49,7 +53,9 @@ TAG=bench-fanout
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(ringgate node python)
 for t in "${TARGETS[@]}"; do
-  case $t in ringgate | node | python) ;; *) echo "$TAG: unknown target $t (ringgate, node, python)" >&2; exit 2 ;; esac
+  case $t in ringgate | ringgate-single | node | python) ;;
+    *) echo "$TAG: unknown target $t (ringgate, ringgate-single, node, python)" >&2; exit 2 ;;
+  esac
 done
 has() { printf '%s\n' "${TARGETS[@]}" | grep -qx "$1"; }
 
@@ -124,7 +130,7 @@ run_fanout() { # target name args...
                 --coalesce-us "$COALESCE" --close-timeout 2 --quiet --json "$OUT/$name.json")
   rm -f "$OUT/$name.json"
   echo "$TAG: $name"
-  if [ "$target" != ringgate ]; then
+  if [[ $target != ringgate* ]]; then
     start_peer "$target"
     if [ -z "$URL" ]; then
       echo "$TAG: $name: the $target peer did not start (see $OUT/$target.log)" >&2
@@ -155,8 +161,10 @@ run_fanout() { # target name args...
   cat <&9 >"$OUT/$name.txt" &
   DRAIN_PID=$!
   exec 9<&-
-  "$RG" run --listen 127.0.0.1:0 --workers 2 --upstream "$up" --ping-interval 1h --idle-timeout 2h \
-    >"$rg_fifo" 2>>"$OUT/ringgate.log" &
+  local config=()
+  [ "$target" = ringgate-single ] && config=(--config "$OUT/single.toml")
+  "$RG" run "${config[@]}" --listen 127.0.0.1:0 --workers 2 --upstream "$up" --ping-interval 1h \
+    --idle-timeout 2h >"$rg_fifo" 2>>"$OUT/ringgate.log" &
   SERVER_PID=$!
   exec 7<>"$rg_fifo"
   # ringgate's URL line, and its pid for the CPU and memory figures (it runs after the harness).
@@ -171,6 +179,8 @@ run_fanout() { # target name args...
   DRAIN_PID=''
   stop_server
 }
+
+echo "batched_sends = false" >"$OUT/single.toml"
 
 # ringgate mode needs the gateway side of version 2: a short run first, so that a build without it
 # stops the script at once with the reason instead of after every peer round.

@@ -5,6 +5,9 @@
 #
 #   scripts/bench.sh                  all targets, all scenarios (about 7 minutes)
 #   scripts/bench.sh ringgate nginx   some targets
+#   scripts/bench.sh ringgate ringgate-single
+#                                     ringgate against itself with `batched_sends = false` (one
+#                                     sendmsg per socket instead of one io_uring entry per flush)
 #
 # Env: BENCH_SECONDS (measured window per scenario, default 10), BENCH_ROUNDS (rounds of the 64-byte
 #      scenarios, default 3), BENCH_OUT (default a new /tmp/ringgate-bench.XXXXXX), PEERS_DIR
@@ -31,7 +34,7 @@ echo "bench: building (release)"
 cargo build --release --quiet -p ringgate -p ringgate-load
 RG=$(release_dir "$root")/ringgate
 LOAD=$(release_dir "$root")/ringgate-load
-if printf '%s\n' "${TARGETS[@]}" | grep -qv '^ringgate$'; then
+if printf '%s\n' "${TARGETS[@]}" | grep -qv '^ringgate\(-single\)\?$'; then
   [ -x "$PEERS_DIR/setup.sh" ] || { echo "bench: no peers at $PEERS_DIR" >&2; exit 2; }
   echo "bench: setting up the peers (idempotent)"
   "$PEERS_DIR/setup.sh" >"$OUT/peers-setup.log" 2>&1
@@ -42,10 +45,12 @@ cleanup() {
   if [ -x "$PEERS_DIR/stop.sh" ]; then "$PEERS_DIR/stop.sh" all >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+echo "batched_sends = false" >"$OUT/single.toml"
 
 start_target() { # name
   case $1 in
     ringgate) start_ringgate "$RG" ;;
+    ringgate-single) start_ringgate "$RG" "$OUT/single.toml" ;;
     *)
       eval "$("$PEERS_DIR/start.sh" "$1")"
       PIDS=$PROXY_PIDS ;;
@@ -54,7 +59,7 @@ start_target() { # name
 
 stop_target() { # name
   case $1 in
-    ringgate) stop_ringgate ;;
+    ringgate | ringgate-single) stop_ringgate ;;
     *) "$PEERS_DIR/stop.sh" "$1" >/dev/null ;;
   esac
 }

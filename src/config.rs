@@ -50,6 +50,10 @@ pub struct Config {
     pub max_connections: usize,
     /// io_uring submission queue entries per worker.
     pub uring_entries: u32,
+    /// Submit the sends of one flush (the members of a published message, every session written to
+    /// during a turn) to a small io_uring of the worker's in one kernel entry, instead of one
+    /// `sendmsg` each. Ignored where io_uring is unavailable.
+    pub batched_sends: bool,
     /// Accept backlog of each worker's listener.
     pub listen_backlog: u32,
     /// Optional address of the admin HTTP endpoint (`/stats`, `/sessions`), served by worker 0.
@@ -200,6 +204,7 @@ impl Default for Config {
             max_client_backlog: 1 << 20,
             max_connections: 0,
             uring_entries: 4096,
+            batched_sends: true,
             listen_backlog: 4096,
             admin_listen: None,
             chat_page: false,

@@ -166,6 +166,28 @@ impl Conn {
         give_back(&mut self.out.borrow_mut());
     }
 
+    /// The queue as it stands, for a send submitted with other sockets' ([`SendBatch`]); None when
+    /// nothing waits.
+    ///
+    /// [`SendBatch`]: crate::runtime::send_batch::SendBatch
+    pub fn queue_now(&self) -> Option<std::cell::Ref<'_, OutQueue>> {
+        std::cell::Ref::filter_map(self.out.borrow(), |q| q.as_deref()).ok()
+    }
+
+    /// Records that the first `written` queued bytes left in such a send; whether that was all
+    /// (then the queue is back with the core's spares).
+    pub fn wrote(&self, written: usize) -> bool {
+        let mut out = self.out.borrow_mut();
+        let Some(q) = out.as_mut() else {
+            return true;
+        };
+        let done = q.advance(written);
+        if done {
+            give_back(&mut out);
+        }
+        done
+    }
+
     /// Writes as much of the queue as the socket takes; the queue goes back to the core's spares
     /// once it is empty.
     pub fn flush(&self) -> io::Result<Flush> {

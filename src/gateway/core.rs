@@ -23,6 +23,7 @@ use crate::gateway::CoreMsg;
 use crate::runtime::event::{Event, Notify};
 use crate::runtime::poller::Poller;
 use crate::runtime::registry::{Key, Registry};
+use crate::runtime::send_batch::SendBatch;
 use crate::runtime::throttle::Throttled;
 use crate::runtime::wheel::Wheel;
 use crate::session::{Bucket, Rates, Timing};
@@ -56,6 +57,8 @@ pub struct Settings {
     pub receive_grace: u32,
     /// The answer to a plain `GET /`, when `chat_page` is on.
     pub chat_page: Option<Page>,
+    /// Flushes go through a [`SendBatch`] (`batched_sends`, and the core runs on io_uring).
+    pub batched_sends: bool,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
             min_receive_rate: cfg.min_receive_rate,
             receive_grace: secs(cfg.receive_grace),
             chat_page: cfg.chat_page.then(|| Page::new(&cfg.path)),
+            batched_sends: cfg.batched_sends,
         }
     }
 }
@@ -210,6 +214,8 @@ pub struct Core {
     pub(super) wheel: RefCell<Wheel>,
     pub(super) dirty: RefCell<Vec<Rc<Conn>>>,
     pub(super) flush_wake: Notify,
+    /// The flusher's ring for many sends in one kernel entry, when `batched_sends` is on.
+    pub(super) sends: RefCell<Option<SendBatch>>,
     /// The read buffer all of this core's connections share: borrowed for one read-and-decode pass,
     /// never across an await.
     read_buf: RefCell<bytes::BytesMut>,
@@ -227,6 +233,17 @@ pub struct Core {
     refusal_log: RefCell<FxHashMap<&'static str, Throttled>>,
     /// Bytes of incomplete messages the core's sessions hold (their partial frames and fragments).
     pub inflight: Inflight,
+}
+
+/// The ring for batched sends, if they are on and the kernel gives one (else each socket is sent to
+/// on its own, with the reason logged).
+fn batch_ring(core: usize, settings: &Settings) -> Option<SendBatch> {
+    if !settings.batched_sends {
+        return None;
+    }
+    SendBatch::new()
+        .inspect_err(|e| tracing::warn!(core, error = %e, "no io_uring for batched sends, sending one by one"))
+        .ok()
 }
 
 /// The close code of a session replaced by a newer one of its user.
@@ -256,6 +273,7 @@ impl Core {
     ) -> Core {
         let rate_per_ip = settings.handshake_rate_per_ip;
         let inflight_budget = settings.inflight_budget;
+        let sends = batch_ring(index, &settings);
         let Shared {
             peers,
             budget,
@@ -281,6 +299,7 @@ impl Core {
             wheel: RefCell::new(Wheel::default()),
             dirty: RefCell::new(Vec::new()),
             flush_wake: Notify::default(),
+            sends: RefCell::new(sends),
             read_buf: RefCell::new(bytes::BytesMut::new()),
             poller,
             verifier: RefCell::new(verifier),

@@ -267,9 +267,13 @@ impl Worker {
             per_ip: self.per_ip,
             verifier: self.verifier,
         };
+        let mut settings = self.settings;
+        // The batch ring is io_uring's; a worker on the epoll driver was refused io_uring (or told
+        // to avoid it) and sends one by one.
+        settings.batched_sends &= driver == "io_uring";
         let core = Rc::new(Core::new(
             self.index,
-            Rc::new(self.settings),
+            Rc::new(settings),
             shared,
             upstream,
             poller,

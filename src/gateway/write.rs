@@ -5,6 +5,7 @@
 //! decisions (may this be sent, is the backlog over, must the write side shut) and decides none of
 //! them. Never blocks: a socket that does not take everything gets a writer task that waits for it.
 
+use std::io;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use crate::gateway::conn::{flag, Conn};
 use crate::gateway::core::{bump, Core};
 use crate::runtime::contain::{catch, Contained};
+use crate::runtime::send_batch::{self, SendBatch, Sent};
 use crate::runtime::{sys, Flush};
 use crate::session::Session;
 use crate::ws::{close_payload, OpCode};
@@ -110,7 +112,12 @@ impl Core {
         if c.has(flag::WRITER | flag::BROKEN) {
             return;
         }
-        match c.flush() {
+        self.flushed(c, c.flush());
+    }
+
+    /// Acts on what a flush of `c` achieved.
+    fn flushed(self: &Rc<Self>, c: &Rc<Conn>, result: io::Result<Flush>) {
+        match result {
             Ok(Flush::Done) => self.after_flush(c),
             Ok(Flush::Blocked) => {
                 c.set(flag::WRITER);
@@ -126,6 +133,40 @@ impl Core {
         }
     }
 
+    /// Flushes up to [`send_batch::MAX`] sessions with one kernel entry for all of them. A session
+    /// whose send stopped short goes on as a single flush would (the rest, or a writer task).
+    fn flush_batch(self: &Rc<Self>, batch: &[Rc<Conn>], ring: &mut SendBatch) {
+        let mut queued = Vec::with_capacity(batch.len());
+        for c in batch {
+            c.clear(flag::DIRTY);
+            if c.has(flag::WRITER | flag::BROKEN) {
+                continue;
+            }
+            match c.queue_now() {
+                Some(q) => queued.push((c, q)),
+                None => self.after_flush(c),
+            }
+        }
+        let items: Vec<_> = queued
+            .iter()
+            .map(|(c, q)| (sys::fd(&c.stream), &**q))
+            .collect();
+        let sent: Vec<Sent> = ring.send(&items).collect();
+        drop(items);
+        let conns = queued.into_iter().map(|(c, _)| c);
+        for (c, sent) in conns.zip(sent) {
+            let step = || match sent {
+                Sent::Wrote(n) if c.wrote(n) => self.after_flush(c),
+                Sent::Wrote(_) => self.flushed(c, c.flush()),
+                Sent::Full => self.flushed(c, Ok(Flush::Blocked)),
+                Sent::Failed(errno) => self.flushed(c, Err(io::Error::from_raw_os_error(errno))),
+            };
+            if catch(step).is_none() {
+                self.release_after_panic(c);
+            }
+        }
+    }
+
     fn after_flush(&self, c: &Conn) {
         if c.state.borrow_mut().session.on_written(c.queued()) {
             sys::shutdown(sys::fd(&c.stream), libc::SHUT_WR);
@@ -133,17 +174,28 @@ impl Core {
     }
 
     /// The flusher: everything sent during one turn of the event loop goes out in one vectored
-    /// write per session, after the producers (connection drivers, upstream links) have yielded.
-    /// A panic while flushing one session resets that session only.
+    /// write per session, after the producers (connection drivers, upstream links) have yielded;
+    /// with `batched_sends`, the writes of many sessions share one kernel entry. A panic while
+    /// flushing one session resets that session only.
     pub async fn flusher(self: Rc<Self>) {
         loop {
             self.flush_wake.notified().await;
             let batch = std::mem::take(&mut *self.dirty.borrow_mut());
-            for c in &batch {
-                if catch(|| self.flush(c)).is_none() {
-                    self.release_after_panic(c);
+            let mut ring = self.sends.borrow_mut();
+            match ring.as_mut() {
+                // One session: a plain send is one kernel entry too, and coalesces small pieces.
+                Some(ring) if batch.len() > 1 => {
+                    for chunk in batch.chunks(send_batch::MAX) {
+                        // Nothing of a session's can panic before the sends are out; a bug there
+                        // still costs no session its data: each is flushed on its own instead.
+                        if catch(|| self.flush_batch(chunk, ring)).is_none() {
+                            chunk.iter().for_each(|c| self.flush_one(c));
+                        }
+                    }
                 }
+                _ => batch.iter().for_each(|c| self.flush_one(c)),
             }
+            drop(ring);
             // Hand the (now empty) vector back so its capacity is reused.
             let mut dirty = self.dirty.borrow_mut();
             if dirty.is_empty() {
@@ -151,6 +203,13 @@ impl Core {
                 batch.clear();
                 *dirty = batch;
             }
+        }
+    }
+
+    /// [`Core::flush`], with a panic resetting that session only.
+    fn flush_one(self: &Rc<Self>, c: &Rc<Conn>) {
+        if catch(|| self.flush(c)).is_none() {
+            self.release_after_panic(c);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod event;
 pub mod outq;
 pub mod poller;
 pub mod registry;
+pub mod send_batch;
 pub mod sys;
 pub mod throttle;
 pub mod wheel;

@@ -199,24 +199,10 @@ impl OutQueue {
                 plan.add_whole(run);
             }
             let iov = plan.iovecs();
-            let Some(mut written) = sys::send_vectored(fd, iov)? else {
+            let Some(written) = sys::send_vectored(fd, iov)? else {
                 return Ok(Flush::Blocked);
             };
-            self.queued -= written;
-            while written > 0 {
-                let Some(front) = self.frames.front_mut() else {
-                    self.run_sent += written;
-                    break;
-                };
-                let left = front.len() - front.sent;
-                if written >= left {
-                    written -= left;
-                    self.frames.pop_front();
-                } else {
-                    front.sent += written;
-                    written = 0;
-                }
-            }
+            self.consume(written);
         }
         while self.run_sent < self.run.len() {
             let one = [IoSlice::new(&self.run[self.run_sent..])];
@@ -228,6 +214,66 @@ impl OutQueue {
         }
         self.emptied();
         Ok(Flush::Done)
+    }
+
+    /// Appends the queue's next bytes to `iov` as they lie, up to [`MAX_IOV`] slices and without
+    /// copying anything (unlike [`OutQueue::flush`]): for a send the caller submits together with
+    /// other sockets' ([`crate::runtime::send_batch`]). The slices point into the queue, so it must
+    /// not change until that send has completed.
+    pub fn gather(&self, iov: &mut Vec<libc::iovec>) {
+        fn slice(iov: &mut Vec<libc::iovec>, piece: &[u8]) {
+            iov.push(libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            });
+        }
+        let start = iov.len();
+        for f in &self.frames {
+            if iov.len() - start + 2 > MAX_IOV {
+                // The run leaves after every frame: it waits for the next send too.
+                return;
+            }
+            let head_len = f.head_len as usize;
+            if f.sent < head_len {
+                slice(iov, &f.head[f.sent..head_len]);
+            }
+            let body = &f.payload[f.sent.saturating_sub(head_len)..];
+            if !body.is_empty() {
+                slice(iov, body);
+            }
+        }
+        if self.run_sent < self.run.len() {
+            slice(iov, &self.run[self.run_sent..]);
+        }
+    }
+
+    /// Forgets the first `written` bytes, which a send outside [`OutQueue::flush`] wrote; whether
+    /// the queue is empty now (then it holds no allocation beyond what [`OutQueue::flush`] keeps).
+    pub fn advance(&mut self, written: usize) -> bool {
+        self.consume(written.min(self.queued));
+        if self.queued == 0 {
+            self.emptied();
+            return true;
+        }
+        false
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                self.run_sent += written;
+                break;
+            };
+            let left = front.len() - front.sent;
+            if written >= left {
+                written -= left;
+                self.frames.pop_front();
+            } else {
+                front.sent += written;
+                written = 0;
+            }
+        }
     }
 
     /// Forgets what has left. A run of at most `keep` bytes' capacity is kept for the next burst;
