@@ -109,8 +109,18 @@ fn publish_broadcast_and_multicast_reach_exactly_their_sessions() {
 
 #[test]
 fn a_member_gets_data_and_publishes_in_link_order_exactly_once_under_load() {
+    link_order_under_load("");
+}
+
+/// The same through one `sendmsg` per socket instead of the flusher's io_uring batches.
+#[test]
+fn link_order_holds_with_batched_sends_off() {
+    link_order_under_load("batched_sends = false");
+}
+
+fn link_order_under_load(extra_toml: &str) {
     const ROUNDS: usize = 3000;
-    let (g, mut link) = v2_gateway("");
+    let (g, mut link) = v2_gateway(extra_toml);
     let mut members: Vec<(Client, u64)> = (0..4)
         .map(|i| connect(&g, &mut link, &format!("m{i}")))
         .collect();
