@@ -45,6 +45,13 @@ enum Command {
         /// Largest frame accepted from the proxy: its max_message_size + 64 KiB (default: for 16 MiB).
         #[arg(long, default_value_t = (16 << 20) + (64 << 10))]
         max_frame: usize,
+        /// Read each link at most this many bytes a second (0: no limit): a game server slower
+        /// than its clients, for tests and benchmarks of a congested link.
+        #[arg(long, default_value_t = 0)]
+        read_rate: usize,
+        /// SO_RCVBUF of each link's socket (0: the kernel's default, which grows by itself).
+        #[arg(long, default_value_t = 0)]
+        recv_buffer: usize,
     },
     /// Run the proxy in front of the configured upstream game servers.
     Run(Overrides),
@@ -183,7 +190,17 @@ pub fn main() -> ExitCode {
             listen,
             workers,
             max_frame,
-        } => echo_upstream(listen, workers, max_frame),
+            read_rate,
+            recv_buffer,
+        } => echo_upstream(
+            listen,
+            workers,
+            max_frame,
+            echo_server::Slow {
+                read_rate,
+                recv_buffer,
+            },
+        ),
     }
 }
 
@@ -295,13 +312,18 @@ fn demo(mut cfg: Config) -> ExitCode {
     code
 }
 
-fn echo_upstream(listen: SocketAddr, workers: usize, max_frame: usize) -> ExitCode {
+fn echo_upstream(
+    listen: SocketAddr,
+    workers: usize,
+    max_frame: usize,
+    slow: echo_server::Slow,
+) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
-    let server = match echo_server::start(listen, workers, max_frame) {
+    let server = match echo_server::start_slow(listen, workers, max_frame, slow) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
     };

@@ -8,8 +8,9 @@
 //! Commands, sent as a session's DATA payload: the text `whoami` (the answer is a JSON object of
 //! exactly what the session's OPEN carried: `session`, `user`, `address`, `target`, `headers`,
 //! `claims`), `kick` (the server closes the session with 4000 "kicked"), `stall` (the server stops
-//! reading that link for good). On a link of protocol version 2, a chat: `join <room> [close|drop|
-//! latest]` (answered `joined <room>`), `leave <room>` (answered `left <room>`), `say <room> <text>`
+//! reading that link for good). `echo-upstream --read-rate` (and `--recv-buffer`) make it a game
+//! server slower than its clients (`Slow`). On a link of protocol version 2, a chat: `join <room>
+//! [close|drop|latest]` (answered `joined <room>`), `leave <room>` (answered `left <room>`), `say <room> <text>`
 //! (published to the room, sender included, as `<user>@<room>: <text>`) and `all <text>` (broadcast
 //! to every session as `<user>@all: <text>`). A room's members may be on any link of any worker, so
 //! room messages and broadcasts go out on every version-2 link (ringgate delivers each to the
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
@@ -53,6 +55,27 @@ impl EchoServer {
 /// Frames longer than `max_frame` are refused with LINK_ERROR 4: match it to the proxy's
 /// `max_message_size + 64 KiB` (docs/protocol.md), or large messages kill the link.
 pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::Result<EchoServer> {
+    start_slow(listen, workers, max_frame, Slow::default())
+}
+
+/// How slowly the server reads its links: a game server slower than what the proxy sends it, so
+/// that the proxy's link congests (tests and benchmarks).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slow {
+    /// Bytes a second read of each link; 0 for as fast as they come.
+    pub read_rate: usize,
+    /// `SO_RCVBUF` of each link's socket; 0 for the kernel's default (which grows by itself).
+    pub recv_buffer: usize,
+}
+
+/// [`start`], reading as slowly as `slow` says.
+pub fn start_slow(
+    listen: SocketAddr,
+    workers: usize,
+    max_frame: usize,
+    slow: Slow,
+) -> std::io::Result<EchoServer> {
+    let read_rate = slow.read_rate;
     let mut addr = listen;
     let mut stop = Vec::new();
     let mut threads = Vec::new();
@@ -61,6 +84,10 @@ pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::R
     let hub = Arc::new(Hub { inboxes });
     for (i, inbox) in receivers.into_iter().enumerate() {
         let l = crate::runtime::bind_reuseport(addr, 1024)?;
+        if slow.recv_buffer > 0 {
+            // Accepted links inherit it.
+            socket2::SockRef::from(&l).set_recv_buffer_size(slow.recv_buffer)?;
+        }
         addr = l.local_addr()?;
         let (tx, rx) = flume::bounded::<()>(1);
         stop.push(tx);
@@ -68,7 +95,7 @@ pub fn start(listen: SocketAddr, workers: usize, max_frame: usize) -> std::io::R
         threads.push(
             std::thread::Builder::new()
                 .name(format!("echo-upstream-{i}"))
-                .spawn(move || run_worker(l, rx, max_frame, hub, inbox))?,
+                .spawn(move || run_worker(l, rx, max_frame, read_rate, hub, inbox))?,
         );
     }
     Ok(EchoServer {
@@ -118,6 +145,7 @@ fn run_worker(
     listener: std::net::TcpListener,
     stop: flume::Receiver<()>,
     max_frame: usize,
+    read_rate: usize,
     hub: Arc<Hub>,
     inbox: flume::Receiver<Bytes>,
 ) {
@@ -158,7 +186,7 @@ fn run_worker(
                 let shutdown = shutdown.clone();
                 let (hub, chat) = (hub.clone(), chat.clone());
                 monoio::spawn(async move {
-                    serve_link(stream, &shutdown, max_frame, hub, chat).await;
+                    serve_link(stream, &shutdown, max_frame, read_rate, hub, chat).await;
                     drop(guard);
                 });
             }
@@ -238,6 +266,7 @@ async fn serve_link(
     stream: TcpStream,
     shutdown: &Event,
     max_frame: usize,
+    read_rate: usize,
     hub: Arc<Hub>,
     chat: Chat,
 ) {
@@ -254,7 +283,8 @@ async fn serve_link(
         out: Rc::default(),
     };
     let out = link.out.clone();
-    let served = serve_frames(&stream, shutdown, &mut link, &chat).await;
+    let pace = Pace::new(read_rate, Instant::now());
+    let served = serve_frames(&stream, shutdown, &mut link, &chat, pace).await;
     chat.borrow_mut().retain(|l| !Rc::ptr_eq(l, &out));
     if served == Served::ShutDown {
         out.push(proto::goaway(1012, "restarting"));
@@ -273,10 +303,25 @@ async fn serve_frames(
     shutdown: &Event,
     link: &mut EchoLink,
     chat: &Chat,
+    mut pace: Pace,
 ) -> Served {
     let fd = sys::fd(stream);
     let mut buf = BytesMut::new();
     loop {
+        let allowed = pace.allowed(Instant::now());
+        if allowed == 0 {
+            // Out of read budget: only send, until the next tick refills it.
+            monoio::select! {
+                _ = shutdown.wait() => return Served::ShutDown,
+                _ = link.out.wake.notified() => {
+                    if flush_all(stream, &link.out).await.is_err() {
+                        return Served::Ended;
+                    }
+                }
+                _ = monoio::time::sleep(Pace::TICK) => {}
+            }
+            continue;
+        }
         let readable = monoio::select! {
             _ = shutdown.wait() => return Served::ShutDown,
             _ = link.out.wake.notified() => {
@@ -293,8 +338,8 @@ async fn serve_frames(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match sys::read_into(fd, &mut buf) {
-            Ok(ReadOutcome::Data(_)) => {}
+        match sys::read_at_most(fd, &mut buf, allowed) {
+            Ok(ReadOutcome::Data(n)) => pace.spend(n),
             Ok(ReadOutcome::WouldBlock) => continue,
             _ => return Served::Ended,
         }
@@ -314,6 +359,49 @@ async fn serve_frames(
                 shutdown.wait().await;
                 return Served::Ended;
             }
+        }
+    }
+}
+
+/// How much a link may read now when the server reads at a bounded rate: a budget refilled every
+/// [`Pace::TICK`] by the rate's share of it, never holding more than one tick's worth, so that a
+/// server that was idle does not then read a burst faster than its rate.
+struct Pace {
+    /// Bytes a second; 0 for no limit.
+    rate: usize,
+    budget: usize,
+    refilled: Instant,
+}
+
+impl Pace {
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn new(rate: usize, now: Instant) -> Pace {
+        Pace {
+            rate,
+            budget: 0,
+            refilled: now,
+        }
+    }
+
+    /// Bytes that may be read now (`usize::MAX` without a limit).
+    fn allowed(&mut self, now: Instant) -> usize {
+        if self.rate == 0 {
+            return usize::MAX;
+        }
+        let per_tick = (self.rate / 100).max(1);
+        let ticks = now.duration_since(self.refilled).as_millis() / Self::TICK.as_millis();
+        if ticks > 0 {
+            let refill = per_tick.saturating_mul(usize::try_from(ticks).unwrap_or(usize::MAX));
+            self.budget = self.budget.saturating_add(refill).min(per_tick);
+            self.refilled += Self::TICK * u32::try_from(ticks).unwrap_or(u32::MAX);
+        }
+        self.budget
+    }
+
+    fn spend(&mut self, n: usize) {
+        if self.rate != 0 {
+            self.budget = self.budget.saturating_sub(n);
         }
     }
 }
