@@ -1,8 +1,8 @@
 //! The driver of one core's persistent link to one game server: connect, HELLO, carry the frames
 //! of many sessions both ways, keep it alive, and when it dies close its sessions and reconnect.
 //!
-//! Owns the link's socket, its outbound queue (bounded by `link_backlog`: past it the sessions
-//! feeding the link stop being read), its read buffer, and the tasks that move them (supervisor,
+//! Owns the link's socket, its outbound queue (its heaviest senders stop being read past a share of
+//! it, everyone past twice `link_backlog`: `link::senders`), its read buffer, and the tasks that move them (supervisor,
 //! reader, writer, keepalive). Every rule (the handshake, what a frame means, when the link is
 //! dead, which code its sessions get, when to retry) is the link state machine's
 //! ([`crate::link`]); this module applies its decisions. Never blocks the core and never touches
@@ -22,7 +22,7 @@ use crate::gateway::upstreams::LinkSettings;
 use crate::gateway::write::detach_if_parked;
 use crate::link::backoff::Backoff;
 use crate::link::handshake::{self, HandshakeError};
-use crate::link::senders::Recent;
+use crate::link::senders::{self, Recent};
 use crate::link::{self as machine, Action, Keepalive, LinkEnd};
 use crate::protocol::{self as proto, OpenInfo};
 use crate::runtime::contain::{catch, Caught};
@@ -35,6 +35,11 @@ use crate::ws::OpCode;
 /// The copied run a link keeps between flushes: a turn's burst from a few hundred busy sessions
 /// without regrowing it from nothing each time, and no more than this parked per link.
 const RUN_KEPT: usize = 256 * 1024;
+
+/// Unsent bytes the kernel may hold for a link (`TCP_NOTSENT_LOWAT`); the rest wait in the link's
+/// own queue, where the senders' rule applies. Only unsent bytes count: what the network has in
+/// flight is not limited, so a healthy link's throughput is not.
+const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Why a connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +67,11 @@ pub struct Link {
     stream: RefCell<Option<Rc<TcpStream>>>,
     out: RefCell<OutQueue>,
     wake_writer: Notify,
-    /// Shut while the queue is over `link_backlog`; client drivers wait at it.
+    /// Shut while the queue is over `link_backlog`; client drivers wait at it past twice that.
     pub gate: Rc<Gate>,
+    /// Shut while the queue is over its heavy senders' share (`senders::heavy_mark`); the heaviest
+    /// senders' drivers wait at it.
+    pub heavy_gate: Rc<Gate>,
     /// The recent count of the heaviest sender (`link::senders`).
     heaviest: Cell<Recent>,
     /// The socket is full and the writer waits: what is queued now may wait a while.
@@ -84,6 +92,7 @@ impl Link {
             out: RefCell::new(OutQueue::keeping(RUN_KEPT)),
             wake_writer: Notify::default(),
             gate: Rc::new(Gate::default()),
+            heavy_gate: Rc::new(Gate::default()),
             heaviest: Cell::default(),
             blocked: Cell::new(false),
             links_up: Cell::new(0),
@@ -110,7 +119,11 @@ impl Link {
     }
 
     fn after_push(&self) {
-        if machine::congested(self.out.borrow().queued(), self.settings.backlog) {
+        let queued = self.out.borrow().queued();
+        if queued > senders::heavy_mark(self.settings.backlog) {
+            self.heavy_gate.shut();
+        }
+        if machine::congested(queued, self.settings.backlog) {
             self.gate.shut();
         }
         self.wake_writer.notify();
@@ -244,6 +257,10 @@ impl Link {
             .map_err(|_| ConnectError::Timeout)??;
         let fd = sys::fd(&stream);
         sys::prepare_client_socket(fd)?;
+        // Bytes the kernel holds unsent are a FIFO we cannot reorder or hold back per sender: a
+        // game server that reads slowly would otherwise let megabytes of one flooding client's
+        // frames wait there ahead of everyone's, out of reach of `link::senders`.
+        sys::set_notsent_lowat(fd, NOTSENT_LOWAT)?;
         let hello = handshake::hello(
             core.index as u16,
             core.settings.workers as u16,
@@ -419,6 +436,7 @@ impl Link {
         }
         self.out.borrow_mut().clear();
         self.blocked.set(false);
+        self.heavy_gate.open();
         let gone = self.machine.borrow_mut().end();
         if !matches!(end, LinkEnd::Shutdown) {
             tracing::warn!(core = core.index, upstream = %self.name, reason = %end, sessions = gone.sessions.len(), "upstream link down");
@@ -445,12 +463,17 @@ impl Link {
                     Some(Ok(Flush::Done)) => {
                         self.blocked.set(false);
                         self.gate.open();
+                        self.heavy_gate.open();
                         break;
                     }
                     Some(Ok(Flush::Blocked)) => {
                         self.blocked.set(true);
-                        if machine::relieved(self.out.borrow().queued(), self.settings.backlog) {
+                        let queued = self.out.borrow().queued();
+                        if machine::relieved(queued, self.settings.backlog) {
                             self.gate.open();
+                        }
+                        if senders::heavy_relieved(queued, self.settings.backlog) {
+                            self.heavy_gate.open();
                         }
                         if stream.writable(false).await.is_err() {
                             break;

@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::gateway::conn::Conn;
 use crate::gateway::core::Core;
 use crate::gateway::link::Link;
-use crate::link::{router, senders};
+use crate::link::router;
+use crate::link::senders::{self, Wait};
 use crate::protocol;
 use crate::runtime::event::{Countdown, Gate};
 use crate::shard::user_hash;
@@ -83,7 +84,10 @@ pub struct LinkSnapshot {
     pub up: bool,
     pub sessions: usize,
     pub queued_bytes: usize,
+    /// Past `link_backlog`.
     pub paused: bool,
+    /// Past the heavy senders' share: the heaviest senders are not read.
+    pub heavy_paused: bool,
     pub times_up: u64,
     pub connect_failures: u64,
 }
@@ -203,16 +207,20 @@ impl Upstreams {
         }
     }
 
-    /// The gate to wait at before reading more from this client at second `now`: its link is
-    /// congested and it is among the link's heaviest senders (see `link::senders`).
+    /// The gate to wait at before reading more from this client at second `now`: it is among the
+    /// heaviest senders of a link past their share, or its link is past twice its backlog (see
+    /// `link::senders`).
     pub fn backpressure(&self, c: &Conn, now: u32) -> Option<Rc<Gate>> {
         let l = self.links.get(c.route.get() as usize)?;
-        if !l.gate.is_shut() {
+        // The heavy senders' gate is shut whenever the other one is: nothing to decide when open.
+        if !l.heavy_gate.is_shut() {
             return None;
         }
         let mine = c.sent.get().get(now);
-        senders::holds_back(mine, l.heaviest(now), l.queued(), self.settings.backlog)
-            .then(|| l.gate.clone())
+        match senders::holds_back(mine, l.heaviest(now), l.queued(), self.settings.backlog)? {
+            Wait::Heavy => Some(l.heavy_gate.clone()),
+            Wait::All => Some(l.gate.clone()),
+        }
     }
 
     /// Writes every link's queue now, as far as the sockets take it (at shutdown).
@@ -231,6 +239,7 @@ impl Upstreams {
                 sessions: l.session_count(),
                 queued_bytes: l.queued(),
                 paused: l.gate.is_shut(),
+                heavy_paused: l.heavy_gate.is_shut(),
                 times_up: l.links_up.get(),
                 connect_failures: l.connect_failures.get(),
             })

@@ -1,6 +1,11 @@
 //! Who sends the most on a link: each session's recent volume, a byte count that halves every
 //! second, and the rule that, while the link is congested, holds back only the heaviest senders.
 //!
+//! The link's queue is one FIFO, so what a light sender's message waits behind is what the heavy
+//! ones queued before it. The rule keeps that small: a sender near the heaviest may add to the
+//! queue only while it holds less than [`heavy_mark`] (a share of about one read, whatever the
+//! backlog), light senders are read on until twice the backlog, and past that everyone waits.
+//!
 //! Owns the arithmetic only (sans-I/O): the driver keeps one [`Recent`] per session and one for the
 //! link's heaviest sender, and asks [`holds_back`] before reading a client. Never sees a socket or
 //! a clock: seconds are passed in.
@@ -29,12 +34,45 @@ impl Recent {
     }
 }
 
-/// Whether a client that sent `mine` recently waits for its congested link, whose heaviest sender
-/// sent `heaviest`: those within half of the heaviest do, so that a flood stops at its source while
-/// clients sending a little keep their latency. Past twice the backlog (`queued`), everyone waits:
-/// the link's queue stays bounded whoever fills it.
-pub fn holds_back(mine: u32, heaviest: u32, queued: usize, backlog: usize) -> bool {
-    queued > backlog.saturating_mul(2) || (mine > 0 && mine.saturating_mul(2) >= heaviest)
+/// The queue, in bytes, past which the heaviest senders of a link wait: a client's read is at
+/// most 64 KiB, so a flood adds at most about twice this ahead of a light sender's message, where
+/// `link_backlog` (megabytes, for bursts of many sessions) would put seconds of a slow game server's
+/// time. Never above the backlog.
+pub const HEAVY_SHARE: usize = 64 * 1024;
+
+/// [`HEAVY_SHARE`], or the backlog if that is smaller.
+pub fn heavy_mark(backlog: usize) -> usize {
+    HEAVY_SHARE.min(backlog)
+}
+
+/// The heavy senders' rule, coming down: they are read again once the queue is down to half the
+/// mark, so that each of their turns moves a useful amount.
+pub fn heavy_relieved(queued: usize, backlog: usize) -> bool {
+    queued <= heavy_mark(backlog) / 2
+}
+
+/// Who must wait before a client is read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A sender near the heaviest, while the queue is past [`heavy_mark`].
+    Heavy,
+    /// Everyone: the queue is past twice the backlog.
+    All,
+}
+
+/// Whether a client that sent `mine` recently waits for its link, whose heaviest sender sent
+/// `heaviest` and whose queue holds `queued` bytes: those within half of the heaviest wait once the
+/// queue is past [`heavy_mark`], so that a flood stops at its source while clients sending a little
+/// keep their latency; past twice the backlog everyone waits, so the queue stays bounded whoever
+/// fills it.
+pub fn holds_back(mine: u32, heaviest: u32, queued: usize, backlog: usize) -> Option<Wait> {
+    if queued > backlog.saturating_mul(2) {
+        Some(Wait::All)
+    } else if queued > heavy_mark(backlog) && mine > 0 && mine.saturating_mul(2) >= heaviest {
+        Some(Wait::Heavy)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -57,21 +95,50 @@ mod tests {
     }
 
     #[test]
-    fn only_senders_near_the_heaviest_wait_until_the_queue_is_twice_the_backlog() {
-        let backlog = 1 << 20;
-        assert!(
-            holds_back(1 << 20, 1 << 20, backlog, backlog),
-            "the heaviest"
+    fn heavy_senders_wait_past_their_share_and_everyone_past_twice_the_backlog() {
+        let backlog = 4 << 20;
+        let share = heavy_mark(backlog);
+        assert_eq!(share, HEAVY_SHARE);
+        let heavy = 8 << 20;
+        assert_eq!(
+            holds_back(heavy, heavy, share, backlog),
+            None,
+            "at the mark"
         );
-        assert!(
-            holds_back(600 << 10, 1 << 20, backlog, backlog),
+        assert_eq!(
+            holds_back(heavy, heavy, share + 1, backlog),
+            Some(Wait::Heavy),
+            "the heaviest, past the mark"
+        );
+        assert_eq!(
+            holds_back(heavy / 2 + 1, heavy, share + 1, backlog),
+            Some(Wait::Heavy),
             "within half of it"
         );
-        assert!(!holds_back(64, 1 << 20, backlog, backlog), "a light sender");
-        assert!(!holds_back(0, 0, backlog, backlog), "a silent one");
-        assert!(
-            holds_back(64, 1 << 20, 2 * backlog + 1, backlog),
+        assert_eq!(
+            holds_back(2560, heavy, backlog, backlog),
+            None,
+            "a light sender, up to twice the backlog"
+        );
+        assert_eq!(holds_back(0, 0, backlog, backlog), None, "a silent one");
+        assert_eq!(
+            holds_back(2560, heavy, 2 * backlog + 1, backlog),
+            Some(Wait::All),
             "the hard bound"
         );
+    }
+
+    #[test]
+    fn the_mark_is_never_above_a_small_backlog_and_reopens_at_half() {
+        assert_eq!(heavy_mark(1000), 1000);
+        assert_eq!(
+            holds_back(64, 64, 1001, 1000),
+            Some(Wait::Heavy),
+            "a backlog smaller than the share"
+        );
+        assert!(!heavy_relieved(HEAVY_SHARE / 2 + 1, 4 << 20));
+        assert!(heavy_relieved(HEAVY_SHARE / 2, 4 << 20));
+        assert!(heavy_relieved(500, 1000));
+        assert!(!heavy_relieved(501, 1000));
     }
 }

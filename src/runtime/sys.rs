@@ -54,6 +54,26 @@ pub fn prepare_client_socket(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `TCP_NOTSENT_LOWAT`: the socket takes new bytes, and reports writable, only while fewer than
+/// `bytes` of what it was given are still unsent, so the rest stays with the caller.
+pub fn set_notsent_lowat(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a correctly sized int on an open fd.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Result of one nonblocking read.
 pub enum ReadOutcome {
     Data(usize),
