@@ -1063,3 +1063,92 @@ fn a_congested_link_holds_back_its_heaviest_sender_and_reads_a_light_one() {
         "the flooder was read on"
     );
 }
+
+#[test]
+fn a_flood_toward_a_slow_game_server_waits_at_its_share_while_light_clients_are_served() {
+    const HONEST: usize = 100;
+    const ROUNDS: usize = 5;
+    // What may wait on the link ahead of a light client's message: the heavy senders' share
+    // (`link::senders::HEAVY_SHARE`), the one read that crossed it, and the light clients' own
+    // messages. The backlog (4 MiB by default) is far above it: a FIFO filled to the backlog fails.
+    const AHEAD: u64 = 3 * 64 * 1024;
+    // A game server that reads 1 MB a second of its link, far less than one client can send.
+    let up = EchoUpstream::start_slow(1_000_000, 64 * 1024);
+    let names = vec![up.name()];
+    // One worker: the flooder and the light clients share its one link.
+    let gw = Launch::run(&names).args(&["--workers", "1"]).start();
+    gw.wait_links_up(&names);
+    let mut honest: Vec<Client> = (0..HONEST).map(|i| gw.client(&format!("h{i}"))).collect();
+    for c in &mut honest {
+        c.check_echo("before the flood");
+    }
+
+    // The flooder writes 16 KiB messages for as long as the test runs and reads what comes back,
+    // so that it is held back by the link and not closed for a full queue of its own.
+    let flooder = upgrade(
+        tcp_connect(gw.addr()),
+        gw.addr(),
+        &gw.target("flooder"),
+        &[],
+    )
+    .0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut reader = flooder.try_clone().unwrap();
+    reader.set_read_timeout(None).unwrap();
+    let drain = thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let writer = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        let mut w = flooder.try_clone().unwrap();
+        let frame = frame_bytes(true, 0, OP_BINARY, &vec![0x5a; 16 * 1024], true);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if w.write_all(&frame).is_err() {
+                    failed.store(!stop.load(Ordering::Relaxed), Ordering::Relaxed);
+                    return;
+                }
+            }
+        })
+    };
+    let s = gw.wait_stats("the flooder held back", IO_TIMEOUT, |s| {
+        s.link_bool(0, &names[0], "heavy_paused") && s.counter("paused") >= 1
+    });
+    let held_before = s.counter("paused");
+
+    for round in 0..ROUNDS {
+        for (i, c) in honest.iter_mut().enumerate() {
+            c.send(Message::Binary(format!("h{i} round {round}").into_bytes()));
+        }
+        // While they travel: the flood's share of the link is all that is ahead of them.
+        let s = gw.stats();
+        let queued = s.link_u64(0, &names[0], "queued_bytes");
+        assert!(
+            queued <= AHEAD,
+            "round {round}: {queued} bytes queued on the link ahead of the light clients: {s}"
+        );
+        assert!(
+            !s.link_bool(0, &names[0], "paused"),
+            "round {round}: the link went past its backlog: {s}"
+        );
+        for (i, c) in honest.iter_mut().enumerate() {
+            let want = Message::Binary(format!("h{i} round {round}").into_bytes());
+            assert_eq!(c.read_data(), want, "round {round}: client h{i}");
+        }
+    }
+    let s = gw.stats();
+    assert!(
+        s.counter("paused") > held_before,
+        "the flooder was not held back while the light clients were served: {s}"
+    );
+    assert!(
+        !failed.load(Ordering::Relaxed),
+        "the flooder was closed rather than held back"
+    );
+    stop.store(true, Ordering::Relaxed);
+    flooder.shutdown(std::net::Shutdown::Both).unwrap();
+    writer.join().unwrap();
+    drain.join().unwrap();
+}

@@ -317,9 +317,24 @@ impl EchoUpstream {
 
     /// On a given address (to restart a game server where it was).
     pub fn start_on(listen: SocketAddr) -> EchoUpstream {
+        EchoUpstream::start_with(listen, &[])
+    }
+
+    /// A game server slower than its clients: it reads each link at most `read_rate` bytes a
+    /// second, through a receive buffer of `recv_buffer` bytes.
+    pub fn start_slow(read_rate: usize, recv_buffer: usize) -> EchoUpstream {
+        let (rate, buffer) = (read_rate.to_string(), recv_buffer.to_string());
+        EchoUpstream::start_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &["--read-rate", &rate, "--recv-buffer", &buffer],
+        )
+    }
+
+    fn start_with(listen: SocketAddr, args: &[&str]) -> EchoUpstream {
         let mut cmd = Command::new(ringgate_bin());
         cmd.args(["echo-upstream", "--listen", &listen.to_string()])
-            .args(["--workers", "1"]);
+            .args(["--workers", "1"])
+            .args(args);
         let mut proc = Proc::spawn("echo-upstream", cmd);
         let rest = proc.wait_line("echo-upstream listening on ", START_TIMEOUT);
         let addr = parse_addr("echo-upstream", &rest);
