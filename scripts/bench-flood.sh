@@ -30,7 +30,6 @@ RG=$(release_dir "$root")/ringgate
 # shellcheck disable=SC2034  # read by load() in lib.sh
 LOAD=$(release_dir "$root")/ringgate-load
 
-FLOOD_PID=
 cleanup() {
   if [ -n "$FLOOD_PID" ]; then kill "$FLOOD_PID" 2>/dev/null || true; fi
   kill_ringgate
@@ -38,39 +37,6 @@ cleanup() {
 trap cleanup EXIT
 
 printf 'message_rate = { rate = 100, burst = 200 }\nrate_limit_action = "drop"\n' >"$OUT/flood.toml"
-
-# One client sending 1 KiB masked binary frames as fast as it can for SECONDS, reading (and
-# discarding) what comes back so that it is never closed for not reading; prints what it sent.
-flood() { # url seconds
-  python3 - "$1" "$2" <<'PY' >"$OUT/flooder.txt" 2>&1 &
-import base64, os, socket, sys, threading, time, urllib.parse
-url, secs = urllib.parse.urlparse(sys.argv[1]), float(sys.argv[2])
-s = socket.create_connection((url.hostname, url.port), timeout=10)
-key = base64.b64encode(os.urandom(16)).decode()
-s.sendall((f"GET {url.path}?user=flooder HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-head = b""
-while b"\r\n\r\n" not in head:
-    head += s.recv(4096)
-assert head.startswith(b"HTTP/1.1 101"), head[:80]
-mask, payload = b"\x01\x02\x03\x04", bytes(1024)
-frame = bytes([0x82, 0x80 | 126]) + (1024).to_bytes(2, "big") + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-burst = frame * 64
-def drain():
-    try:
-        while s.recv(65536):
-            pass
-    except OSError:
-        pass
-threading.Thread(target=drain, daemon=True).start()
-sent, end = 0, time.monotonic() + secs
-while time.monotonic() < end:
-    s.sendall(burst)
-    sent += 64
-print(f"flooder sent {sent} messages in {secs:.0f} s")
-PY
-  FLOOD_PID=$!
-}
 
 for r in $(seq 1 "$ROUNDS"); do
   order=(alone flood)

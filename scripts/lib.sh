@@ -19,14 +19,16 @@ first_line() { # fifo
 # front of it. Sets URL, and
 # PIDS to the proxy's process alone (the harness measures its CPU and memory, not the echo
 # server's); both processes are in RG_PIDS for stop_ringgate and the caller's cleanup.
+# ECHO_ARGS: extra flags for echo-upstream (as `--read-rate N`), empty unless the caller sets it.
 RG_PIDS=()
 URL='' PIDS=''
+ECHO_ARGS=()
 start_ringgate() { # binary [config-file]
   local up_fifo rg_fifo up pid config=()
   [ $# -ge 2 ] && config=(--config "$2")
   up_fifo=$(mktemp -u "$OUT/up.XXXX"); rg_fifo=$(mktemp -u "$OUT/rg.XXXX")
   mkfifo "$up_fifo" "$rg_fifo"
-  "$1" echo-upstream --listen 127.0.0.1:0 --workers 1 >"$up_fifo" 2>>"$OUT/echo-upstream.log" &
+  "$1" echo-upstream --listen 127.0.0.1:0 --workers 1 "${ECHO_ARGS[@]}" >"$up_fifo" 2>>"$OUT/echo-upstream.log" &
   RG_PIDS+=($!)
   exec 7<>"$up_fifo"
   up=$(first_line /dev/fd/7 | awk '{print $NF}')
@@ -67,6 +69,41 @@ load() { # name args...
 load_echo64() { # label round seconds
   load "$1-echo64-d1.r$2" echo --conns 200 --size 64 --depth 1 --duration "$3"
   load "$1-echo64-d8.r$2" echo --conns 200 --size 64 --depth 8 --duration "$3"
+}
+
+# One client (user `flooder`) sending 1 KiB masked binary frames as fast as it can for SECONDS,
+# reading (and discarding) what comes back so that it is never closed for not reading; prints what
+# it sent to $OUT/flooder.txt. Sets FLOOD_PID.
+FLOOD_PID=
+flood() { # url seconds
+  python3 - "$1" "$2" <<'PY' >"$OUT/flooder.txt" 2>&1 &
+import base64, os, socket, sys, threading, time, urllib.parse
+url, secs = urllib.parse.urlparse(sys.argv[1]), float(sys.argv[2])
+s = socket.create_connection((url.hostname, url.port), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET {url.path}?user=flooder HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+assert head.startswith(b"HTTP/1.1 101"), head[:80]
+mask, payload = b"\x01\x02\x03\x04", bytes(1024)
+frame = bytes([0x82, 0x80 | 126]) + (1024).to_bytes(2, "big") + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+burst = frame * 64
+def drain():
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+threading.Thread(target=drain, daemon=True).start()
+sent, end = 0, time.monotonic() + secs
+while time.monotonic() < end:
+    s.sendall(burst)
+    sent += 64
+print(f"flooder sent {sent} messages in {secs:.0f} s")
+PY
+  FLOOD_PID=$!
 }
 
 # A positive whole number from the environment, or exit 2 naming the variable.
