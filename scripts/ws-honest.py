@@ -5,7 +5,7 @@ an open loop and timing its echo; prints the round trips' p50 and p99 in microse
 
     python3 scripts/ws-honest.py ws://127.0.0.1:PORT/ws SECONDS [N] [RATE]
 
-A cross-check of scripts/bench-congested.sh's figures with a load generator we did not write.
+A cross-check of scripts/bench-flood.sh congested's figures with a load generator we did not write.
 Bounded by SECONDS plus 10 s for the last echoes.
 """
 import asyncio
